@@ -1,0 +1,16 @@
+"""Identifiers: a prefix plus random base62, as the spec's `key_`, `cmpl_`, `file_` ..."""
+from __future__ import annotations
+
+import secrets
+import string
+
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def random_base62(n: int = 24) -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(n))
+
+
+def new_id(prefix: str, n: int = 24) -> str:
+    """`new_id("file")` -> `file_3kT...`."""
+    return f"{prefix}_{random_base62(n)}"
