@@ -66,3 +66,115 @@ def cli(capsys):
         return CliResult(code, out.out, out.err)
 
     return invoke
+
+
+# --------------------------------------------------------------------------- the server
+@dataclass
+class RunningServer:
+    """A real llmp app on 127.0.0.1:<free port>, run by a thread with its own event loop."""
+
+    url: str  # http://127.0.0.1:PORT
+    base_url: str  # url + "/v1" (what the openai client takes)
+    admin_key: str
+    settings: object
+    db: object
+    app: object
+    loop: object
+
+    def make_key(self, permissions=("inference", "models.read"), rate_limit=None, *,
+                 name: str = "test", **fields) -> str:
+        """Create a key directly in the server's DB; returns its secret. `fields`: tier,
+        limits {monthly_budget, requests_per_month, tokens_per_month}, expires_at."""
+        from llmp.services import keys as keys_service
+
+        body = {"name": name, "permissions": list(permissions), "rate_limit": rate_limit, **fields}
+        return keys_service.create(self.db, body)["api_key"]
+
+    def openai(self, key: str | None = None, **kwargs):
+        """The official openai client on this server (admin key by default)."""
+        import openai
+
+        return openai.OpenAI(base_url=self.base_url, api_key=key or self.admin_key,
+                             max_retries=0, **kwargs)
+
+    def request(self, method: str, path: str, *, key: str | None = "admin", json=None,
+                data: bytes | None = None, headers: dict | None = None):
+        """A raw HTTP call: returns (status, headers, decoded JSON body or text). `key`:
+        "admin" (default) for the admin key, None for no Authorization header, else a secret."""
+        import json as jsonlib
+        import urllib.error
+        import urllib.request
+
+        hdrs = dict(headers or {})
+        if key is not None:
+            hdrs["Authorization"] = f"Bearer {self.admin_key if key == 'admin' else key}"
+        if json is not None:
+            data = jsonlib.dumps(json).encode()
+            hdrs["Content-Type"] = "application/json"
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=hdrs)
+        try:
+            resp = urllib.request.urlopen(req, timeout=120)
+        except urllib.error.HTTPError as e:
+            resp = e
+        with resp:
+            raw = resp.read()
+            ctype = resp.headers.get("Content-Type") or ""
+            body = jsonlib.loads(raw) if "json" in ctype and raw else raw.decode()
+            return resp.status, resp.headers, body
+
+    def run(self, coro, timeout: float = 60):
+        """Run a coroutine on the server's loop (e.g. to read pool state)."""
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+def start_server(home: Path, model_path: Path, **settings_fields):
+    """A context manager: an llmp server over a fresh home with `model_path` registered as
+    "tiny"; settings fields (n_slots, slot_ctx, queue_size, ...) may be overridden."""
+    import asyncio
+    import contextlib
+    import threading
+
+    from llmp.config import Settings
+    from llmp.models import registry
+    from llmp.server import runner as server_runner
+    from llmp.server.app import create_app
+    from llmp.server.state import DB
+    from llmp.services import keys as keys_service
+
+    @contextlib.contextmanager
+    def run():
+        fields = {"n_slots": 16, "slot_ctx": 512, "keep_alive": -1, **settings_fields}
+        settings = Settings(home=home, **fields).ensure_dirs()
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="llmp-test-server", daemon=True)
+        thread.start()
+
+        async def up():
+            app = create_app(settings)
+            registry.register(app[DB], model_path, model_id="tiny")
+            r, port = await server_runner.start(app, "127.0.0.1", 0, shutdown_timeout=5)
+            return app, r, port
+
+        app, r, port = asyncio.run_coroutine_threadsafe(up(), loop).result(120)
+        admin = keys_service.create(app[DB], {"name": "test admin", "permissions": ["admin"]})
+        try:
+            yield RunningServer(url=f"http://127.0.0.1:{port}", base_url=f"http://127.0.0.1:{port}/v1",
+                                admin_key=admin["api_key"], settings=settings, db=app[DB], app=app,
+                                loop=loop)
+        finally:
+            asyncio.run_coroutine_threadsafe(r.cleanup(), loop).result(60)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+            loop.close()
+
+    return run()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_path, tmp_path_factory):
+    """A running llmp server shared by the tests of one module (see `RunningServer`): make
+    your own keys with `server.make_key(...)` so tests do not share rate-limit state."""
+    with start_server(tmp_path_factory.mktemp("server-home"), tiny_model_path) as srv:
+        yield srv

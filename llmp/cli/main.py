@@ -13,6 +13,10 @@ import typer
 from llmp import __version__
 from llmp.cli import doctor as doctor_cmd
 from llmp.cli import models as models_cmd
+from llmp.cli import chat as chat_cmd
+from llmp.cli import keys as keys_cmd
+from llmp.cli import serve as serve_cmd
+from llmp.cli import usage as usage_cmd
 from rich.markup import escape
 
 from llmp.cli.ui import err_console
@@ -45,6 +49,10 @@ def _main(
 
 app.add_typer(models_cmd.app, name="models")
 app.command("doctor")(doctor_cmd.doctor)
+app.command("serve")(serve_cmd.serve)
+app.command("chat")(chat_cmd.chat)
+app.add_typer(keys_cmd.app, name="keys")
+app.command("usage")(usage_cmd.usage)
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -1,4 +1,269 @@
-"""`llmp models ...` (placeholder: filled in by the registry work)."""
-import typer
+"""`llmp models ...`: pull, add, list, show, rm, alias, set-price, quantize, synth.
 
-app = typer.Typer(help="Pull, add, list, quantize and synthesize GGUF models.", no_args_is_help=True)
+These commands prepare a home before any server runs, so they work on the home directly
+(the registry in $LLMP_HOME/llmp.db), not through the server's API.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated, Callable, Iterator, Literal, Optional
+
+import typer
+from rich.progress import (BarColumn, DownloadColumn, Progress, ProgressColumn, TaskID, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
+from rich.table import Table
+
+from llmp.cli.ui import JsonOpt, YesOpt, console, err_console, human_bytes, print_json
+from llmp.config import load_settings
+from llmp.db import open_home
+from llmp.db import models as db_models
+from llmp.models import registry
+from llmp.models.quantize import BITS_PER_WEIGHT
+
+app = typer.Typer(help="Pull, add, list, quantize and synthesize GGUF models.",
+                  no_args_is_help=True)
+
+NameOpt = Annotated[Optional[str], typer.Option(
+    "--name", help="Model id to register under (lower case, no slashes).")]
+ProviderOpt = Annotated[Optional[str], typer.Option(
+    "--provider", help="Provider shown by the API (default: repo owner or GGUF organization).")]
+ModelArg = Annotated[str, typer.Argument(help="Model id or alias.")]
+PresetName = Literal["tiny", "small", "1b", "8b"]  # the keys of synth.PRESETS
+_QUANT_HELP = ", ".join(sorted(BITS_PER_WEIGHT, key=lambda t: -BITS_PER_WEIGHT[t]))
+
+
+def _open():
+    settings = load_settings()
+    return settings, open_home(settings)
+
+
+@contextlib.contextmanager
+def _progress(*columns: ProgressColumn) -> Iterator[Callable[[str, int, Optional[int]], None]]:
+    """A transient rich progress bar on stderr, shown from the first update on (so a command
+    that fails before any progress prints nothing but its error line)."""
+    bar = Progress(TextColumn("{task.description}"), *columns, console=err_console,
+                   transient=True)
+    task: TaskID | None = None
+
+    def update(description: str, done: int, total: Optional[int]) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task(description, total=total)
+        bar.update(task, description=description, completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if task is not None:
+            bar.stop()
+
+
+_BYTES = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+
+
+def human_params(n: int) -> str:
+    """183232 -> '183K', 1235814400 -> '1.24B'."""
+    for bound, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= bound:
+            return f"{n / bound:.3g}{unit}"
+    return str(n)
+
+
+def _registered(rec: dict, verb: str) -> None:
+    console.print(f"{verb} [bold]{rec['id']}[/bold]: {rec['architecture']}, "
+                  f"{human_params(rec['parameters'])} parameters, {rec['quantization']}, "
+                  f"{human_bytes(rec['size_bytes'])}, context {rec['context_length']}")
+
+
+@app.command()
+def pull(
+    spec: Annotated[str, typer.Argument(
+        help="OWNER/REPO[:QUANT], e.g. Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M.")],
+    revision: Annotated[Optional[str], typer.Option(
+        "--revision", help="Branch, tag or commit (default: main).")] = None,
+    name: NameOpt = None,
+    provider: ProviderOpt = None,
+) -> None:
+    """Download a GGUF model from the Hugging Face hub and register it.
+
+    QUANT is matched case-insensitively; when it is missing or ambiguous the quants on offer
+    are listed. An interrupted pull resumes when run again. Honours HF_TOKEN and HF_ENDPOINT.
+    """
+    from llmp.models import hub
+
+    settings, db = _open()
+    with _progress(*_BYTES) as update:
+        rec = hub.pull(db, settings, spec, revision=revision, model_id=name, provider=provider,
+                       progress=lambda phase, done, total: update(phase, done, total or None))
+    _registered(rec, "Pulled")
+
+
+@app.command()
+def add(
+    path: Annotated[Path, typer.Argument(help="A .gguf file (the first part of a split model).")],
+    name: NameOpt = None,
+    provider: ProviderOpt = None,
+    hf_source: Annotated[Optional[str], typer.Option(
+        "--hf-source", help="The safetensors repo this model belongs to (for fine-tuning).")] = None,
+) -> None:
+    """Register a local GGUF file (it stays where it is)."""
+    _, db = _open()
+    rec = registry.register(db, path.expanduser().resolve(), model_id=name, provider=provider,
+                            hf_source=hf_source)
+    _registered(rec, "Added")
+
+
+@app.command("list")
+def list_(
+    category: Annotated[Optional[str], typer.Option(
+        "--category", help="text-generation, chat or embedding.")] = None,
+    size: Annotated[Optional[str], typer.Option("--size", help="small, medium, large or xl.")] = None,
+    provider: Annotated[Optional[str], typer.Option("--provider", help="Provider name.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """List registered models."""
+    _, db = _open()
+    records = registry.list_models(db, category=category, size=size, provider=provider)
+    if json_:
+        print_json([_api(db, r) for r in records])
+        return
+    if not records:
+        console.print("No models. Add one with `llmp models pull` or `llmp models add`.")
+        return
+    table = Table(box=None, header_style="bold")
+    table.add_column("ID", no_wrap=True)
+    for col in ("CATEGORY", "SIZE", "PARAMS", "QUANT", "CONTEXT", "FILE", "PROVIDER", "PRICE/1K"):
+        table.add_column(col, no_wrap=True,
+                         justify="right" if col in ("PARAMS", "CONTEXT", "FILE") else "left")
+    for r in records:
+        table.add_row(r["id"], r["category"], r["size_class"], human_params(r["parameters"]),
+                      r["quantization"], str(r["context_length"]), human_bytes(r["size_bytes"]),
+                      r["provider"],
+                      f"{r['price_input']:g}/{r['price_output']:g}")
+    console.print(table)
+
+
+def _api(db, rec: dict) -> dict:
+    out = registry.to_api(rec, detailed=True, aliases=db_models.aliases(db, rec["id"]))
+    out["details"]["path"] = rec["path"]  # local detail: the CLI may show it, the API does not
+    return out
+
+
+@app.command()
+def show(model: ModelArg, json_: JsonOpt = False) -> None:
+    """Show one model: metadata, pricing, source and file."""
+    _, db = _open()
+    data = _api(db, registry.resolve(db, model))
+    if json_:
+        print_json(data)
+        return
+    table = Table(box=None, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in _flatten(data):
+        table.add_row(key, value)
+    console.print(table)
+
+
+def _flatten(data: dict, prefix: str = "") -> Iterator[tuple[str, str]]:
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        elif isinstance(value, list):
+            yield f"{prefix}{key}", ", ".join(map(str, value)) or "-"
+        else:
+            yield f"{prefix}{key}", "-" if value is None else str(value)
+
+
+@app.command()
+def rm(model: ModelArg, yes: YesOpt = False) -> None:
+    """Unregister a model; its file is deleted when it lives in the home's models/ folder."""
+    settings, db = _open()
+    rec = registry.resolve(db, model)
+    if not yes and not typer.confirm(f"Remove {rec['id']} ({rec['path']})?", default=False):
+        err_console.print("Nothing removed.")
+        raise typer.Exit(1)
+    rec, deleted = registry.remove(db, settings, rec["id"])
+    note = f", deleted {len(deleted)} file(s)" if deleted else ", file kept"
+    console.print(f"Removed {rec['id']}{note}.")
+
+
+@app.command()
+def alias(model: ModelArg,
+          name: Annotated[str, typer.Argument(help="The alias (any text without spaces).")]) -> None:
+    """Add another name for a model (requests may use either)."""
+    _, db = _open()
+    rec = registry.add_alias(db, name, model)
+    console.print(f"{name} -> {rec['id']}")
+
+
+@app.command("set-price")
+def set_price(
+    model: ModelArg,
+    input_price: Annotated[Optional[float], typer.Option(
+        "--input", help="Price per 1K input tokens.")] = None,
+    output_price: Annotated[Optional[float], typer.Option(
+        "--output", help="Price per 1K output tokens.")] = None,
+    currency: Annotated[Optional[str], typer.Option("--currency", help="e.g. USD.")] = None,
+) -> None:
+    """Set a model's prices per 1K tokens (used by usage and billing)."""
+    if input_price is None and output_price is None and currency is None:
+        raise typer.BadParameter("give --input, --output and/or --currency")
+    _, db = _open()
+    rec = registry.set_price(db, model, input_price=input_price, output_price=output_price,
+                             currency=currency)
+    console.print(f"{rec['id']}: {rec['price_input']:g} in / {rec['price_output']:g} out "
+                  f"{rec['currency']} per 1K tokens")
+
+
+@app.command(help="Quantize a registered model with llama.cpp and register the result.\n\n"
+                  f"Types (by precision): {_QUANT_HELP}.")
+def quantize(
+    model: ModelArg,
+    type_: Annotated[str, typer.Option("--type", "-t", help="Target type, e.g. Q4_K_M.")],
+    name: NameOpt = None,
+    allow_requantize: Annotated[bool, typer.Option(
+        "--allow-requantize", help="Allow a higher precision than an already-quantized source.")] = False,
+    threads: Annotated[int, typer.Option("--threads", help="CPU threads (0: all cores).")] = 0,
+) -> None:
+    from llmp.models.quantize import quantize as run_quantize
+
+    settings, db = _open()
+    with _progress(BarColumn(), DownloadColumn(), TimeElapsedColumn()) as update:
+        res = run_quantize(
+            db, settings, model, type_, model_id=name, allow_requantize=allow_requantize,
+            threads=threads,
+            progress=lambda done, total: update(f"quantizing to {type_.upper()}", done,
+                                                max(total, done)))
+    console.print(f"Quantized {res.source_id} -> [bold]{res.record['id']}[/bold] ({res.type}) in "
+                  f"{res.seconds:.2f}s: {human_bytes(res.size_before)} -> "
+                  f"{human_bytes(res.size_after)} "
+                  f"({100 * res.size_after / max(1, res.size_before):.0f}%)")
+
+
+@app.command()
+def synth(
+    preset: Annotated[PresetName, typer.Option(
+        "--preset", help="tiny (tests), small (~30M), 1b / 8b (Llama-3.2-1B / 3.1-8B shapes).")] = "tiny",
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Where to write (default: $LLMP_HOME/models/synth/<preset>-<dtype>.gguf).")] = None,
+    dtype: Annotated[Literal["f16", "f32"], typer.Option("--dtype")] = "f16",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random weights.")] = 0,
+    register: Annotated[bool, typer.Option(
+        "--register", help="Register the model too.")] = False,
+    name: NameOpt = None,
+) -> None:
+    """Write a synthetic llama GGUF (random weights, real tokenizer, ChatML template)."""
+    from llmp.models.synth import synthesize
+
+    settings = load_settings()
+    out = (output or settings.models_dir / "synth" / f"{preset}-{dtype}.gguf").expanduser()
+    with _progress(*_BYTES) as update:
+        synthesize(preset, out, dtype=dtype, seed=seed,
+                   progress=lambda done, total: update(f"synthesizing {preset}", done, total))
+    console.print(f"Wrote {out} ({human_bytes(out.stat().st_size)})")
+    if register or name:
+        _, db = _open()
+        _registered(registry.register(db, out.resolve(), model_id=name), "Added")

@@ -48,3 +48,210 @@ def m0001_models(db: Database) -> None:
                                foreign_keys=[("model_id", "models", "id")])
     db["models"].create_index(["category"])
     db["models"].create_index(["provider"])
+
+
+@MIGRATIONS(name="0002_api_keys")
+def m0002_api_keys(db: Database) -> None:
+    db["api_keys"].create(
+        {
+            "id": str,  # key_...
+            "name": str,
+            "key_hash": str,  # sha256 hex of the secret; the secret itself is never stored
+            "prefix": str,  # short display prefix ("sk-AbCd")
+            "permissions": str,  # JSON list
+            "tier": str,  # free | pro | enterprise
+            "requests_per_minute": int,  # NULL: the tier's limit
+            "tokens_per_minute": int,
+            "monthly_budget": float,  # NULL: no monthly cost budget
+            "requests_per_month": int,
+            "tokens_per_month": int,
+            "created_at": str,
+            "expires_at": str,
+            "revoked_at": str,
+            "last_used_at": str,
+        },
+        pk="id",
+        not_null={"name", "key_hash", "prefix", "permissions", "tier", "created_at"},
+    )
+    db["api_keys"].create_index(["key_hash"], unique=True)
+
+
+@MIGRATIONS(name="0003_usage")
+def m0003_usage(db: Database) -> None:
+    # One row per request (failed ones too).
+    db["usage"].create(
+        {
+            "id": int,
+            "request_id": str,
+            "created_at": str,  # ISO UTC
+            "key_id": str,
+            "model": str,
+            "endpoint": str,
+            "status": int,  # HTTP status
+            "error_type": str,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "cached_tokens": int,
+            "cost": float,
+            "latency_ms": float,
+            "ttft_ms": float,
+            "batch_id": str,
+        },
+        pk="id",
+    )
+    db["usage"].create_index(["created_at"])
+    db["usage"].create_index(["key_id", "created_at"])
+    # Hourly roll-ups written with each row, so /v1/usage over a year reads a few thousand rows.
+    db["usage_hourly"].create(
+        {
+            "hour": str,  # "YYYY-MM-DDTHH"
+            "key_id": str,
+            "model": str,
+            "endpoint": str,
+            "requests": int,
+            "errors": int,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "cost": float,
+            "latency_ms_sum": float,
+        },
+        pk=("hour", "key_id", "model", "endpoint"),
+    )
+    db["usage_hourly"].create_index(["key_id", "hour"])
+    db["usage_hourly"].create_index(["model", "hour"])
+    # Latency histogram per hour (log-spaced buckets) for p50/p95/p99.
+    db["usage_latency"].create(
+        {"hour": str, "key_id": str, "model": str, "bucket": int, "count": int},
+        pk=("hour", "key_id", "model", "bucket"),
+    )
+
+
+@MIGRATIONS(name="0004_chat")
+def m0004_chat(db: Database) -> None:
+    # `llmp chat` conversations (client-side history).
+    db["chat_sessions"].create(
+        {"id": str, "title": str, "model": str, "system": str, "server_url": str,
+         "created_at": str, "updated_at": str},
+        pk="id",
+    )
+    db["chat_messages"].create(
+        {"id": int, "session_id": str, "role": str, "content": str, "created_at": str},
+        pk="id",
+        foreign_keys=[("session_id", "chat_sessions", "id")],
+    )
+    db["chat_messages"].create_index(["session_id", "id"])
+
+
+@MIGRATIONS(name="0010_files")
+def m0010_files(db: Database) -> None:
+    db["files"].create(
+        {
+            "id": str,
+            "owner_key_id": str,  # the API key that uploaded it (or the batch's owner)
+            "filename": str,
+            "purpose": str,  # batch | fine-tune | batch_output | fine-tune-results
+            "bytes": int,
+            "sha256": str,
+            "storage": str,  # file name under settings.files_dir
+            "status": str,  # uploaded | processed | error
+            "status_details": str,
+            "created_at": int,
+            "expires_at": int,
+        },
+        pk="id",
+        not_null={"filename", "purpose", "storage"},
+    )
+    db["files"].create_index(["owner_key_id", "created_at"])
+    db["files"].create_index(["purpose"])
+
+
+@MIGRATIONS(name="0011_batches")
+def m0011_batches(db: Database) -> None:
+    db["batches"].create(
+        {
+            "id": str,
+            "owner_key_id": str,
+            "endpoint": str,
+            "input_file_id": str,
+            "completion_window": str,
+            "window_seconds": int,
+            "model": str,
+            "status": str,
+            "output_file_id": str,
+            "error_file_id": str,
+            "errors": str,  # JSON list of {code, message, line, param}
+            "metadata": str,  # JSON object
+            "created_at": int,
+            "in_progress_at": int,
+            "expires_at": int,
+            "finalizing_at": int,
+            "completed_at": int,
+            "failed_at": int,
+            "expired_at": int,
+            "cancelling_at": int,
+            "cancelled_at": int,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+        },
+        pk="id",
+        not_null={"endpoint", "input_file_id", "status"},
+        defaults={"prompt_tokens": 0, "completion_tokens": 0},
+    )
+    db["batches"].create_index(["owner_key_id", "created_at"])
+    db["batches"].create_index(["status"])
+    # One row per input line: the request, then its result (persisted as it completes, so a
+    # restarted server resumes without losing or repeating a line).
+    db["batch_lines"].create(
+        {
+            "batch_id": str,
+            "line": int,  # 1-based line number in the input file
+            "custom_id": str,
+            "body": str,  # JSON request body
+            "status": str,  # pending | completed | failed | expired | cancelled
+            "result": str,  # JSON output line (output or error file)
+            "finished_at": int,
+        },
+        pk=("batch_id", "line"),
+        not_null={"custom_id", "body", "status"},
+        foreign_keys=[("batch_id", "batches", "id")],
+    )
+    db["batch_lines"].create_index(["batch_id", "status"])
+
+
+@MIGRATIONS(name="0012_webhooks")
+def m0012_webhooks(db: Database) -> None:
+    db["webhooks"].create(
+        {
+            "id": str,
+            "owner_key_id": str,
+            "all_keys": int,  # 1: created by an admin key, receives every key's events
+            "url": str,
+            "events": str,  # JSON list
+            "secret": str,
+            "created_at": int,
+        },
+        pk="id",
+        not_null={"url", "events", "secret"},
+    )
+    db["webhook_deliveries"].create(
+        {
+            "id": str,
+            "webhook_id": str,
+            "event_id": str,  # the `webhook-id` header: the same across retries
+            "event": str,
+            "payload": str,  # the exact JSON body that is signed and sent
+            "status": str,  # pending | delivered | failed
+            "attempts": int,
+            "next_attempt_at": float,
+            "last_status_code": int,
+            "last_error": str,
+            "created_at": int,
+            "delivered_at": int,
+        },
+        pk="id",
+        not_null={"webhook_id", "event_id", "event", "payload", "status"},
+        defaults={"attempts": 0},
+        foreign_keys=[("webhook_id", "webhooks", "id")],
+    )
+    db["webhook_deliveries"].create_index(["status", "next_attempt_at"])
+    db["webhook_deliveries"].create_index(["webhook_id", "created_at"])

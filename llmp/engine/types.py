@@ -43,6 +43,7 @@ class GenerationRequest:
     priority: Priority = Priority.INTERACTIVE
     request_id: str = ""
     add_special: bool = False  # add BOS when the model wants one (raw completions)
+    prompt_param: str = "prompt"  # the API parameter named in errors ("messages" for chat)
 
 
 @dataclass

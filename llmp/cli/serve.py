@@ -1,0 +1,110 @@
+"""`llmp serve`: the /v1 server (the one process that owns the engines and job workers)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Annotated, Optional
+
+import typer
+
+from llmp.cli import models as models_cmd
+from llmp.cli.ui import console, err_console
+from llmp.config import load_settings
+from llmp.db import models as db_models
+from llmp.db import open_home
+from llmp.errors import ConfigError, LlmpError
+from llmp.models import registry
+from llmp.services import keys as keys_service
+
+OFFLINE_HINT = ("add a local model instead: `llmp models add PATH.gguf`, or make a synthetic one "
+                "for a try: `llmp models synth --preset tiny --output tiny.gguf && "
+                "llmp models add tiny.gguf`")
+
+
+def _ensure_models(settings, db, wanted: list[str]) -> list[dict]:
+    """The models to announce (and preload): those named with --model (a GGUF path is
+    registered on the fly), else every registered one; on an empty home the default model is
+    pulled first."""
+    if wanted:
+        return [registry.resolve_path(settings, m, db=db) for m in wanted]
+    if not db_models.list_all(db):
+        err_console.print(f"No model registered yet: pulling the default model "
+                          f"[bold]{settings.default_model}[/bold]")
+        try:
+            models_cmd.pull(settings.default_model, revision=None, name=None, provider=None)
+        except LlmpError as e:
+            raise ConfigError(f"could not pull {settings.default_model} ({e.message}); "
+                              + OFFLINE_HINT) from None
+    return []
+
+
+def _banner(url: str, settings, models: list[dict], db, new_admin_key: str | None) -> None:
+    from llmp.engine.native import gpu_offload_supported
+
+    device = "GPU (llama.cpp offload)" if gpu_offload_supported() and settings.n_gpu_layers != 0 \
+        else f"CPU ({settings.threads} threads)"
+    console.print(f"[bold green]llmp[/bold green] serving on [bold]{url}/v1[/bold]  ·  {device}")
+    ids = [m["id"] for m in models] or [m["id"] for m in db_models.list_all(db)]
+    console.print("models: " + (", ".join(ids) if ids else "(none)")
+                  + ("  (preloading)" if models else "  (loaded on first use)"))
+    console.print(f"home: {settings.home}  ·  health: {url}/health  ·  metrics: {url}/metrics")
+    if new_admin_key:
+        console.print(f"[bold yellow]Admin API key (shown once; saved to "
+                      f"{settings.admin_key_path}):[/bold yellow] {new_admin_key}")
+    elif settings.admin_key:
+        console.print("admin key: from LLMP_ADMIN_KEY")
+    else:
+        console.print(f"admin key: {settings.admin_key_path}")
+    console.print("Press Ctrl-C to stop.")
+
+
+async def _serve(settings, models: list[dict], new_admin_key: str | None) -> None:
+    from llmp.server import runner as server_runner
+    from llmp.server.app import create_app
+    from llmp.server.state import DB, POOL
+
+    app = create_app(settings)
+    runner, port = await server_runner.start(app, settings.host, settings.port)
+    host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+    _banner(f"http://{host}:{port}", settings, models, app[DB], new_admin_key)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    preload = [asyncio.create_task(app[POOL].get(m["id"])) for m in models]
+    try:
+        await stop.wait()
+    finally:
+        err_console.print("Shutting down: finishing in-flight requests...")
+        for t in preload:
+            t.cancel()
+        await runner.cleanup()
+        err_console.print("Stopped.")
+
+
+def serve(
+    host: Annotated[Optional[str], typer.Option("--host", help="Interface to listen on.")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", help="TCP port (default 8000).")] = None,
+    model: Annotated[Optional[list[str]], typer.Option(
+        "--model", "-m", help="Model id, alias or GGUF path to preload (repeatable); a path is "
+        "registered on the fly.")] = None,
+    slots: Annotated[Optional[int], typer.Option(
+        "--slots", help="Concurrent sequences per model (default: sized from memory).")] = None,
+    ctx: Annotated[Optional[int], typer.Option(
+        "--ctx", help="Context per slot in tokens.")] = None,
+) -> None:
+    """Start the OpenAI-compatible /v1 server with API keys, limits and usage.
+
+    On a fresh home it pulls the default model, and makes an admin API key (printed once,
+    saved with mode 0600 for the CLI) unless LLMP_ADMIN_KEY is set. SIGINT/SIGTERM stop it
+    gracefully: in-flight requests finish first.
+    """
+    settings = load_settings(host=host, port=port, n_slots=slots, slot_ctx=ctx)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    db = open_home(settings)
+    models = _ensure_models(settings, db, list(model or []))
+    new_key = keys_service.ensure_admin(db, settings)
+    db.close()
+    asyncio.run(_serve(settings, models, new_key))

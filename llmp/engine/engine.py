@@ -1,0 +1,462 @@
+"""The engine: continuous batching over one llama.cpp context with N sequence slots.
+
+One `Engine` per loaded model. A dedicated thread runs the step loop; every step builds ONE
+`llama_batch` holding the next token of every decoding slot plus chunks of the prompts of
+admitting slots (chunked prefill under the `n_batch` token budget), calls `llama_decode`
+(ctypes releases the GIL meanwhile), then samples one token per slot that produced logits.
+Requests join and leave between steps.
+
+The asyncio side submits jobs through a condition-guarded priority queue and receives
+`Delta`s through an `asyncio.Queue` fed with `loop.call_soon_threadsafe`.
+
+Prefix cache: each slot keeps the tokens whose KV it holds; a new request goes to the free
+slot sharing the longest prefix with its prompt, `llama_memory_seq_rm` drops the rest and
+only the new suffix is prefilled (`usage.cached_tokens`).
+
+Sampling: on the CPU per slot (`llama_sampler_sample`), or, when `backend_sampling` is on
+and the request's parameters allow it (see `sampling.backend_capable`), inside the decode
+graph via `llama_set_sampler` + `llama_get_sampled_token_ith` -- much faster on a GPU at
+high concurrency. Context size semantics follow llama-server: `n_ctx` is the total, split
+evenly over the slots; a prompt that does not fit one slot is rejected, generation that
+fills it ends with `finish_reason="length"`.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import heapq
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import llama_cpp as L
+
+from llmp.config import Settings
+from llmp.engine.native import Model, gpu_offload_supported
+from llmp.engine.sampling import SamplerChain, as_void_p, backend_capable, token_logprob
+from llmp.engine.textstream import TextStream
+from llmp.engine.types import (ChatPrompt, Completion, Delta, GenerationRequest, TokenLogprob,
+                               Usage)
+from llmp.errors import ContextLengthExceededError, ServerError, ServiceUnavailableError
+
+CPU_DEFAULT_SLOTS = 8
+GPU_DEFAULT_SLOTS = 64
+
+
+@dataclass(eq=False)
+class _Job:
+    req: GenerationRequest
+    tokens: list[int]
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue
+    chain: SamplerChain
+    backend: bool
+    order: int
+    submitted: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+    ttft_sent: bool = False
+
+    def send(self, item: Delta | BaseException) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+        except RuntimeError:  # the caller's loop is closed: nobody is listening any more
+            self.cancelled = True
+
+
+@dataclass(eq=False)
+class _Slot:
+    seq: int
+    cache: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds
+    job: _Job | None = None
+    todo: list[int] = field(default_factory=list)  # prompt tokens still to prefill
+    last: int | None = None  # sampled token, decoded in the next step
+    out_idx: int = -1  # batch index of this slot's logits in the current step
+    n_gen: int = 0
+    cached: int = 0
+    text: TextStream | None = None
+    ids: list[int] = field(default_factory=list)  # tokens not yet sent
+    lps: list[TokenLogprob] = field(default_factory=list)
+    first_at: float | None = None
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
+class Engine:
+    """One loaded model serving many concurrent requests (see the module docstring)."""
+
+    def __init__(self, model_id: str, model: Model, settings: Settings, *, n_ctx: int = 0,
+                 n_slots: int = 0, backend_sampling: bool | None = None):
+        self.model_id = model_id
+        self.model = model
+        self.settings = settings
+        gpu = gpu_offload_supported() and settings.n_gpu_layers != 0
+        self.device = "gpu" if gpu else "cpu"
+        self.backend_sampling = gpu if backend_sampling is None else backend_sampling
+        info = model.info
+        slots = n_slots or settings.n_slots
+        total = n_ctx or settings.n_ctx
+        slot_ctx = min(total // slots if total and slots else settings.slot_ctx, info.n_ctx_train)
+        if not slots:
+            slots = GPU_DEFAULT_SLOTS if gpu else CPU_DEFAULT_SLOTS
+            if total:
+                slot_ctx = min(max(256, total // slots), info.n_ctx_train)
+            if not gpu:  # keep the KV cache within half of the free host memory
+                fit = _available_memory() // 2 // max(1, info.kv_bytes_per_token * slot_ctx)
+                slots = max(1, min(slots, fit))
+        self.n_batch = max(settings.n_batch, slots)
+        params = L.llama_context_default_params()
+        params.n_ctx = slot_ctx * slots
+        params.n_seq_max = slots
+        params.n_batch = self.n_batch
+        params.n_ubatch = min(512, self.n_batch)
+        params.n_threads = params.n_threads_batch = settings.threads
+        params.kv_unified = False  # one KV stream per slot: n_ctx / n_slots each
+        params.no_perf = True
+        self.ctx = L.llama_init_from_model(model.ptr, params)
+        if not self.ctx:
+            raise ServerError(f"llama.cpp could not create a context for {model_id} "
+                              f"({slots} slots x {slot_ctx} tokens)")
+        self.n_slots = int(L.llama_n_seq_max(self.ctx))
+        self.slot_ctx = int(L.llama_n_ctx_seq(self.ctx))
+        self._mem = L.llama_get_memory(self.ctx)
+        self._batch = L.llama_batch_init(self.n_batch, 0, 1)
+        self._slots = [_Slot(seq=i) for i in range(self.n_slots)]
+        self._pending: list[tuple[int, int, _Job]] = []
+        self._cv = threading.Condition()
+        self._order = itertools.count()
+        self._stopping = False
+        self.loaded_at = time.time()
+        self.last_used = time.monotonic()
+        self._counters = collections.Counter()
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        self._thread = threading.Thread(target=self._run, name=f"llmp-engine-{model_id}", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, model_id: str, path: str, settings: Settings, *, n_ctx: int = 0, n_slots: int = 0,
+             backend_sampling: bool | None = None) -> "Engine":
+        """Load a GGUF file and start its engine (blocking: call it in a worker thread)."""
+        model = Model(path, n_gpu_layers=settings.n_gpu_layers, log_level=settings.log_level)
+        try:
+            return cls(model_id, model, settings, n_ctx=n_ctx, n_slots=n_slots,
+                       backend_sampling=backend_sampling)
+        except BaseException:
+            model.free()
+            raise
+
+    # ------------------------------------------------------------------ text
+    def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        return self.model.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.model.detokenize(ids)
+
+    def render_chat(self, messages: list[dict], *, tools: list[dict] | None = None,
+                    tool_choice: Any = None, response_format: dict | None = None,
+                    **template_kwargs: Any) -> ChatPrompt:
+        from llmp.engine.chat import render_chat
+        return render_chat(self, messages, tools=tools, tool_choice=tool_choice,
+                           response_format=response_format, **template_kwargs)
+
+    # ------------------------------------------------------------------ async API
+    async def generate(self, req: GenerationRequest) -> AsyncIterator[Delta]:
+        """Stream `Delta`s; the last carries `finish_reason` and `usage`.
+
+        Leaving the loop early (or cancelling the task) frees the slot at the next step."""
+        job = self._make_job(req)
+        self._submit(job)
+        done = False
+        try:
+            while True:
+                item = await job.out.get()
+                if isinstance(item, BaseException):
+                    done = True
+                    raise item
+                done = item.finish_reason is not None
+                yield item
+                if done:
+                    return
+        finally:
+            if not done:
+                self._cancel(job)
+
+    async def complete(self, req: GenerationRequest) -> Completion:
+        parts: list[str] = []
+        ids: list[int] = []
+        lps: list[TokenLogprob] | None = [] if req.params.logprobs is not None else None
+        ttft = None
+        t0 = time.perf_counter()
+        async for d in self.generate(req):
+            parts.append(d.text)
+            ids.extend(d.token_ids)
+            if lps is not None and d.logprobs:
+                lps.extend(d.logprobs)
+            if d.ttft is not None:
+                ttft = d.ttft
+            if d.finish_reason is not None:
+                return Completion(text="".join(parts), finish_reason=d.finish_reason,
+                                  usage=d.usage or Usage(), token_ids=ids, logprobs=lps, ttft=ttft,
+                                  latency=time.perf_counter() - t0)
+        raise ServerError("generation ended without a finish reason")  # pragma: no cover
+
+    def _make_job(self, req: GenerationRequest) -> _Job:
+        if isinstance(req.prompt, str):
+            tokens = self.tokenize(req.prompt, add_special=req.add_special and self.model.add_bos)
+        else:
+            tokens = [int(t) for t in req.prompt]
+        if not tokens:
+            tokens = [L.llama_vocab_bos(self.model.vocab)] if self.model.add_bos else self.tokenize(" ")
+        if len(tokens) >= self.slot_ctx:
+            raise ContextLengthExceededError(
+                f"This model's context per request is {self.slot_ctx} tokens; the prompt has "
+                f"{len(tokens)} tokens. Shorten the prompt.",
+                param=req.prompt_param)
+        backend = self.backend_sampling and backend_capable(req.params)
+        chain = SamplerChain(self.model, req.params, backend=backend)
+        return _Job(req=req, tokens=tokens, loop=asyncio.get_running_loop(), out=asyncio.Queue(),
+                    chain=chain, backend=backend, order=next(self._order))
+
+    def _submit(self, job: _Job) -> None:
+        with self._cv:
+            if self._stopping:
+                job.chain.free()
+                raise ServiceUnavailableError(f"model {self.model_id} is unloading; retry")
+            if len(self._pending) >= self.settings.queue_size:
+                job.chain.free()
+                raise ServiceUnavailableError(
+                    f"model {self.model_id} is overloaded ({len(self._pending)} requests waiting); retry later")
+            heapq.heappush(self._pending, (int(job.req.priority), job.order, job))
+            self.last_used = time.monotonic()
+            self._cv.notify()
+
+    def _cancel(self, job: _Job) -> None:
+        with self._cv:
+            job.cancelled = True
+            self._cv.notify()
+
+    # ------------------------------------------------------------------ status
+    @property
+    def busy(self) -> bool:
+        return bool(self._pending) or any(s.job is not None for s in self._slots)
+
+    def stats(self) -> dict[str, Any]:
+        now = time.monotonic()
+        window = [n for t, n in list(self._recent) if now - t <= 10.0]
+        c = self._counters
+        return {
+            "model": self.model_id,
+            "device": self.device,
+            "slots_busy": sum(1 for s in self._slots if s.job is not None),
+            "slots_total": self.n_slots,
+            "slot_ctx": self.slot_ctx,
+            "queue_depth": len(self._pending),
+            "requests_total": c["requests"],
+            "prompt_tokens_total": c["prompt_tokens"],
+            "cached_tokens_total": c["cached_tokens"],
+            "generated_tokens_total": c["generated_tokens"],
+            "tokens_per_second": round(sum(window) / 10.0, 2),
+            "backend_sampling": self.backend_sampling,
+            "model_bytes": self.model.info.size_bytes,
+            "kv_cache_bytes": self.model.info.kv_bytes_per_token * self.slot_ctx * self.n_slots,
+            "loaded_at": self.loaded_at,
+            "idle_seconds": round(now - self.last_used, 1) if not self.busy else 0.0,
+        }
+
+    # ------------------------------------------------------------------ shutdown
+    def close(self) -> None:
+        """Stop the step thread, fail waiting requests, free llama.cpp memory."""
+        with self._cv:
+            if self._stopping:
+                return
+            self._stopping = True
+            self._cv.notify()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        err = ServiceUnavailableError(f"model {self.model_id} was unloaded")
+        for _, _, job in self._pending:
+            job.send(err)
+            job.chain.free()
+        self._pending.clear()
+        for s in self._slots:
+            if s.job is not None:
+                s.job.send(err)
+                self._release(s)
+        L.llama_batch_free(self._batch)
+        L.llama_free(self.ctx)
+        self.ctx = None
+        self.model.free()
+
+    # ------------------------------------------------------------------ the step thread
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopping and not self._pending and all(
+                        s.job is None for s in self._slots):
+                    self._cv.wait()
+                if self._stopping:
+                    return
+                for s in self._slots:
+                    if s.job is not None and s.job.cancelled:
+                        self._release(s)
+                self._admit()
+            if any(s.job is not None for s in self._slots):
+                try:
+                    self._step()
+                except Exception as e:  # keep serving: fail the jobs of this step, reset their KV
+                    err = e if isinstance(e, ServerError) else ServerError(f"engine step failed: {e}")
+                    for s in self._slots:
+                        if s.job is not None:
+                            s.job.send(err)
+                            self._release(s)
+                            L.llama_memory_seq_rm(self._mem, s.seq, -1, -1)
+                            s.cache.clear()
+
+    def _admit(self) -> None:
+        """Move waiting jobs (best priority first) into free slots; called under the lock."""
+        while self._pending:
+            free = [s for s in self._slots if s.job is None]
+            if not free:
+                return
+            _, _, job = heapq.heappop(self._pending)
+            if job.cancelled:
+                job.chain.free()
+                continue
+            slot = max(free, key=lambda s: _common_prefix(s.cache, job.tokens))
+            self._start(slot, job)
+
+    def _start(self, slot: _Slot, job: _Job) -> None:
+        keep = min(_common_prefix(slot.cache, job.tokens), len(job.tokens) - 1)
+        if not L.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
+            L.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+            keep = 0
+        del slot.cache[keep:]
+        slot.job, slot.todo, slot.last, slot.out_idx = job, job.tokens[keep:], None, -1
+        slot.n_gen, slot.cached, slot.first_at = 0, keep, None
+        slot.text = TextStream(job.req.params.stop)
+        slot.ids, slot.lps = [], []
+        if job.backend:
+            L.llama_set_sampler(self.ctx, slot.seq, as_void_p(job.chain))
+        self._counters["requests"] += 1
+        self._counters["prompt_tokens"] += len(job.tokens)
+        self._counters["cached_tokens"] += keep
+        if job.req.params.max_tokens == 0:
+            self._finish(slot, "length", "")
+
+    def _release(self, slot: _Slot) -> None:
+        job = slot.job
+        if job is None:
+            return
+        if job.backend:
+            L.llama_set_sampler(self.ctx, slot.seq, None)
+        job.chain.free()
+        slot.job, slot.todo, slot.last, slot.text = None, [], None, None
+
+    def _step(self) -> None:
+        b = self._batch
+        n = 0
+
+        def put(tok: int, slot: _Slot, logits: bool) -> None:
+            nonlocal n
+            b.token[n] = tok
+            b.pos[n] = len(slot.cache)
+            b.n_seq_id[n] = 1
+            b.seq_id[n][0] = slot.seq
+            b.logits[n] = logits
+            slot.cache.append(tok)
+            n += 1
+
+        active = [s for s in self._slots if s.job is not None]
+        for s in active:
+            s.out_idx = -1
+            if s.last is not None:
+                s.out_idx = n
+                put(s.last, s, True)
+                s.last = None
+        budget = self.n_batch - n
+        for s in sorted((s for s in active if s.todo), key=lambda s: s.job.order):
+            if budget <= 0:
+                break
+            chunk, s.todo = s.todo[:budget], s.todo[budget:]
+            for i, tok in enumerate(chunk):
+                put(tok, s, not s.todo and i == len(chunk) - 1)
+            if not s.todo:
+                s.out_idx = n - 1
+            budget -= len(chunk)
+        b.n_tokens = n
+        rc = L.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise ServerError(f"llama_decode failed ({rc}): the KV cache is full or the batch is invalid")
+        now = time.perf_counter()
+        produced = 0
+        for s in active:
+            if s.out_idx >= 0 and s.job is not None:
+                self._sample(s, now)
+                produced += 1
+        self._counters["generated_tokens"] += produced
+        self._recent.append((time.monotonic(), produced))
+        while self._recent and time.monotonic() - self._recent[0][0] > 10.0:
+            self._recent.popleft()
+
+    def _sample(self, s: _Slot, now: float) -> None:
+        job = s.job
+        p = job.req.params
+        if job.backend:
+            tok = int(L.llama_get_sampled_token_ith(self.ctx, s.out_idx))
+        else:
+            tok = job.chain.sample(self.ctx, s.out_idx)
+        if s.first_at is None:
+            s.first_at = now
+        if tok in self.model.eog_tokens and not p.ignore_eos:
+            self._finish(s, "stop", "")
+            return
+        s.n_gen += 1
+        s.ids.append(tok)
+        if p.logprobs is not None:
+            s.lps.append(token_logprob(self.model, self.ctx, s.out_idx, tok, p.logprobs))
+        text = s.text.feed(self.model.piece(tok))
+        if s.text.stopped:
+            self._finish(s, "stop", text)
+        elif p.max_tokens is not None and s.n_gen >= p.max_tokens:
+            self._finish(s, "length", text)
+        elif len(s.cache) >= self.slot_ctx:
+            self._finish(s, "length", text)
+        else:
+            s.last = tok
+            if text or p.logprobs is not None:
+                self._emit(s, text)
+
+    def _emit(self, s: _Slot, text: str, finish: str | None = None, usage: Usage | None = None) -> None:
+        job = s.job
+        d = Delta(text=text, token_ids=s.ids, logprobs=s.lps if job.req.params.logprobs is not None else None,
+                  finish_reason=finish, usage=usage)
+        if s.first_at is not None and not job.ttft_sent:
+            d.ttft = s.first_at - job.submitted
+            job.ttft_sent = True
+        s.ids, s.lps = [], []
+        job.send(d)
+
+    def _finish(self, s: _Slot, reason: str, text: str) -> None:
+        text += s.text.finish()
+        usage = Usage(prompt_tokens=len(s.job.tokens), completion_tokens=s.n_gen, cached_tokens=s.cached)
+        self._emit(s, text, reason, usage)
+        self._release(s)

@@ -1,0 +1,121 @@
+"""The model pool: load engines on first use, keep them `keep_alive` seconds, cap how many.
+
+`await pool.get(model_id)` resolves the id to a `ModelSpec` (the registry's job, injected as
+`resolve`), loads it in a worker thread the first time (concurrent callers share one load),
+and returns its `Engine`. A reaper task unloads engines idle for longer than keep_alive
+(`keep_alive < 0`: never). Loading beyond `max_loaded_models` first unloads the least
+recently used idle engine; when every loaded engine is busy the new one loads anyway and
+the reaper brings the count back down once they go idle.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from llmp.config import Settings
+from llmp.engine.engine import Engine
+
+
+@dataclass
+class ModelSpec:
+    id: str
+    path: str
+    n_ctx: int = 0  # total context over all slots (0: settings); split evenly per slot
+    n_slots: int = 0  # 0: settings / sized from the device and free memory
+    lora: list[str] = field(default_factory=list)  # reserved: LoRA adapters (not applied yet)
+
+
+class ModelPool:
+    def __init__(self, settings: Settings, resolve: Callable[[str], ModelSpec], *,
+                 backend_sampling: bool | None = None):
+        self.settings = settings
+        self.resolve = resolve
+        self.backend_sampling = backend_sampling
+        self._engines: dict[str, Engine] = {}
+        self._loads: dict[str, asyncio.Future[Engine]] = {}
+        self._reaper: asyncio.Task | None = None
+
+    @property
+    def loading(self) -> list[str]:
+        return list(self._loads)
+
+    @property
+    def loaded(self) -> list[str]:
+        return list(self._engines)
+
+    async def get(self, model_id: str) -> Engine:
+        """The engine for `model_id` (an alias resolves to its spec's id), loading it if needed."""
+        eng = self._engines.get(model_id)
+        if eng is None:
+            spec = self.resolve(model_id)  # raises NotFoundError for an unknown model
+            eng = self._engines.get(spec.id) or await self._load(spec)
+        eng.last_used = time.monotonic()
+        return eng
+
+    async def _load(self, spec: ModelSpec) -> Engine:
+        fut = self._loads.get(spec.id)
+        if fut is not None:  # someone is loading it already: share that load
+            return await asyncio.shield(fut)
+        fut = asyncio.get_running_loop().create_future()
+        self._loads[spec.id] = fut
+        try:
+            await self._make_room()
+            eng = await asyncio.to_thread(
+                Engine.load, spec.id, spec.path, self.settings, n_ctx=spec.n_ctx,
+                n_slots=spec.n_slots, backend_sampling=self.backend_sampling)
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            self._loads.pop(spec.id, None)
+        self._engines[spec.id] = eng
+        fut.set_result(eng)
+        self._ensure_reaper()
+        return eng
+
+    async def unload(self, model_id: str) -> bool:
+        eng = self._engines.pop(model_id, None)
+        if eng is None:
+            return False
+        await asyncio.to_thread(eng.close)
+        return True
+
+    async def _make_room(self) -> None:
+        cap = max(1, self.settings.max_loaded_models)
+        while len(self._engines) >= cap:
+            idle = [e for e in self._engines.values() if not e.busy]
+            if not idle:
+                return
+            await self.unload(min(idle, key=lambda e: e.last_used).model_id)
+
+    def _ensure_reaper(self) -> None:
+        if self.settings.keep_alive >= 0 and (self._reaper is None or self._reaper.done()):
+            self._reaper = asyncio.create_task(self._reap(), name="llmp-pool-reaper")
+
+    async def _reap(self) -> None:
+        keep = self.settings.keep_alive
+        period = min(max(keep / 4, 0.05), 30.0)
+        while self._engines:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            idle = sorted((e for e in self._engines.values() if not e.busy), key=lambda e: e.last_used)
+            over = len(self._engines) - max(1, self.settings.max_loaded_models)
+            for e in idle:
+                if now - e.last_used >= keep or over > 0:
+                    over -= 1
+                    await self.unload(e.model_id)
+
+    def status(self) -> list[dict[str, Any]]:
+        out = [dict(e.stats(), id=mid, state="loaded") for mid, e in self._engines.items()]
+        out += [{"id": mid, "state": "loading"} for mid in self._loads]
+        return out
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        for mid in list(self._engines):
+            await self.unload(mid)

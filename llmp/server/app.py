@@ -1,0 +1,50 @@
+"""The aiohttp application: `create_app(settings, *, pool=None)`.
+
+Shared state lives under the typed keys of `llmp.server.state`. Each resource is a module of
+`llmp.server.routes` with a `setup(app)` function; `ROUTE_MODULES` lists them.
+"""
+from __future__ import annotations
+
+import importlib
+import time
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from llmp.config import Settings
+from llmp.db import open_home
+from llmp.engine.pool import ModelPool
+from llmp.server.metrics import Metrics
+from llmp.server.middleware import on_prepare, request_context
+from llmp.server.state import DB, LIMITER, METRICS, POOL, SETTINGS, STARTED_AT
+from llmp.services.limits import Limiter
+from llmp.services.models import resolver
+
+ROUTE_MODULES = ["health", "keys", "models", "inference", "usage", "files", "batches", "webhooks"]
+
+#: the largest JSON body accepted (uploads go through /v1/files, streamed)
+MAX_JSON_BODY = 64 * 1024 * 1024
+
+
+def create_app(settings: Settings, *, pool: ModelPool | None = None) -> web.Application:
+    """The /v1 app over the home in `settings`; a `pool` passed in is not closed by the app."""
+    app = web.Application(middlewares=[request_context], client_max_size=MAX_JSON_BODY)
+    db = open_home(settings)
+    app[SETTINGS] = settings
+    app[DB] = db
+    app[POOL] = pool or ModelPool(settings, resolver(db))
+    app[LIMITER] = Limiter(db)
+    app[METRICS] = Metrics()
+    app[STARTED_AT] = time.time()
+    app.on_response_prepare.append(on_prepare)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        yield
+        if pool is None:
+            await app[POOL].close()
+        app[DB].close()
+
+    app.cleanup_ctx.append(lifecycle)
+    for name in ROUTE_MODULES:
+        importlib.import_module(f"llmp.server.routes.{name}").setup(app)
+    return app

@@ -1,0 +1,44 @@
+"""Authentication and permissions: `@requires("inference")` on every protected handler.
+
+The handler runs with `request["key"]` set to the key record (id, name, permissions, tier,
+...). Order of checks: the key (401 missing/invalid/expired/revoked), the permission (403),
+the key's request rate (429 with Retry-After).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from llmp.errors import PermissionDeniedError
+from llmp.services import keys as keys_service
+from llmp.server.state import DB, LIMITER
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def bearer(request: web.Request) -> str | None:
+    value = request.headers.get("Authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def requires(permission: str) -> Callable[[Handler], Handler]:
+    if permission not in keys_service.PERMISSIONS:
+        raise ValueError(f"unknown permission {permission!r}")
+
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            key = keys_service.authenticate(request.app[DB], bearer(request))
+            request["key"] = key
+            if not keys_service.has_permission(key, permission):
+                raise PermissionDeniedError(f"This API key lacks the '{permission}' permission")
+            request.app[LIMITER].take_request(key)
+            return await handler(request)
+
+        wrapped.permission = permission  # type: ignore[attr-defined]
+        return wrapped
+
+    return decorate

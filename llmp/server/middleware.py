@@ -1,0 +1,96 @@
+"""Request ids, the one error renderer, request metrics and the response headers.
+
+Every response carries `x-request-id` (the client's own `x-request-id` is kept when it looks
+sane, else `req_` + base62); every error is rendered once, here, as
+`{"error": {"message", "type", "param", "code"}, "request_id"}`; an authenticated response
+also carries the key's `X-RateLimit-*` headers (added just before the headers go out, so
+streaming responses get them too).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+from aiohttp import web
+
+from llmp.errors import (InvalidRequestError, LlmpError, NotFoundError, PayloadTooLargeError,
+                         ServerError)
+from llmp.ids import new_id
+from llmp.server.state import LIMITER, METRICS
+
+log = logging.getLogger("llmp.server")
+
+REQUEST_ID = "request_id"
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def error_response(err: LlmpError, request_id: str) -> web.Response:
+    body = {"error": err.to_dict(), "request_id": request_id}
+    return web.json_response(body, status=err.status, headers=err.headers)
+
+
+def _from_http(exc: web.HTTPException, request: web.Request) -> LlmpError:
+    if exc.status == 404:
+        return NotFoundError(f"Unknown URL: {request.method} {request.path}", code="unknown_url")
+    if exc.status == 405:
+        err = InvalidRequestError(f"Method {request.method} is not allowed on {request.path}",
+                                  code="method_not_allowed")
+        err.status = 405
+        allow = exc.headers.get("Allow")
+        if allow:
+            err.headers["Allow"] = allow
+        return err
+    if exc.status == 413:
+        return PayloadTooLargeError(f"The request body is too large ({exc.text})",
+                                    code="request_too_large")
+    err = InvalidRequestError(exc.reason or exc.text or "Bad request", code="http_error")
+    err.status = exc.status
+    return err
+
+
+@web.middleware
+async def request_context(request: web.Request, handler) -> web.StreamResponse:
+    """Assign the request id; render every error; count the request."""
+    client_id = request.headers.get("x-request-id", "")
+    rid = client_id if _CLIENT_ID.match(client_id) else new_id("req")
+    request[REQUEST_ID] = rid
+    try:
+        resp = await handler(request)
+    except LlmpError as e:
+        resp = error_response(e, rid)
+    except web.HTTPException as e:
+        if e.status < 400:  # redirects and the like pass through
+            raise
+        resp = error_response(_from_http(e, request), rid)
+    except Exception:
+        log.exception("unhandled error in %s %s (%s)", request.method, request.path, rid)
+        resp = error_response(ServerError("The server had an error while processing your "
+                                          "request; the request id identifies it in the server "
+                                          "log", code="internal_error"), rid)
+    route = request.match_info.route.resource
+    request.app[METRICS].count_request(
+        request.method, route.canonical if route is not None else "(unmatched)", resp.status)
+    return resp
+
+
+async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Headers every response gets: the request id and, when a key was authenticated, its
+    rate-limit state."""
+    response.headers["x-request-id"] = request.get(REQUEST_ID) or new_id("req")
+    key = request.get("key")
+    if key is not None:
+        for name, value in request.app[LIMITER].state(key).headers().items():
+            response.headers.setdefault(name, value)
+
+
+async def read_json(request: web.Request) -> dict:
+    """The request body as a JSON object; a clear invalid_request_error otherwise."""
+    try:
+        body = json.loads(await request.read() or b"null")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidRequestError(f"We could not parse the JSON body of your request ({e})",
+                                  code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object", code="invalid_json")
+    return body

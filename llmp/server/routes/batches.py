@@ -1,0 +1,62 @@
+"""/v1/batches: create, list, retrieve, cancel; the batch runner lives as long as the app."""
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from llmp.errors import InvalidRequestError
+from llmp.server.auth import requires
+from llmp.server.routes.files import int_param, store
+from llmp.server.state import DB, POOL
+from llmp.services.batches import BatchRunner, Batches
+
+RUNNER = web.AppKey("batch_runner", BatchRunner)
+
+
+def batches(request: web.Request) -> Batches:
+    return Batches(request.app[DB], store(request.app), request.app[RUNNER])
+
+
+@requires("batches.write")
+async def create(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidRequestError("The request body is not valid JSON") from None
+    return web.json_response(batches(request).create(request["key"], body))
+
+
+@requires("batches.read")
+async def list_batches(request: web.Request) -> web.Response:
+    return web.json_response(batches(request).list(
+        request["key"], after=request.query.get("after") or None,
+        limit=int_param(request, "limit", 20)))
+
+
+@requires("batches.read")
+async def retrieve(request: web.Request) -> web.Response:
+    return web.json_response(batches(request).get(request.match_info["batch_id"], request["key"]))
+
+
+@requires("batches.write")
+async def cancel(request: web.Request) -> web.Response:
+    return web.json_response(batches(request).cancel(request.match_info["batch_id"],
+                                                     request["key"]))
+
+
+async def _runner(app: web.Application) -> AsyncIterator[None]:
+    """Start the batch runner (it resumes unfinished batches) and stop it on shutdown."""
+    runner = BatchRunner(app[DB], store(app), app[POOL])
+    app[RUNNER] = runner
+    await runner.start()
+    yield
+    await runner.stop()
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/batches", create)
+    app.router.add_get("/v1/batches", list_batches)
+    app.router.add_get("/v1/batches/{batch_id}", retrieve)
+    app.router.add_post("/v1/batches/{batch_id}/cancel", cancel)
+    app.cleanup_ctx.append(_runner)

@@ -1,0 +1,114 @@
+"""POST /v1/completions and /v1/chat/completions, streaming (SSE) and not.
+
+Per request: quota check, validation and prompt rendering (services.inference), a token
+reservation against the key's tokens-per-minute (prompt + max_tokens, settled after), the
+generation, then one usage row (failed and disconnected requests too) and the metrics.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from llmp.db import models as db_models
+from llmp.errors import LlmpError, ServerError
+from llmp.server import sse
+from llmp.server.auth import requires
+from llmp.server.middleware import REQUEST_ID, read_json
+from llmp.server.state import DB, LIMITER, METRICS, POOL
+from llmp.services import inference, usage
+from llmp.services.models import model_version
+
+log = logging.getLogger("llmp.server")
+
+#: HTTP status recorded for a request whose client went away (nginx's convention).
+CLIENT_CLOSED = 499
+
+Prepare = Callable[..., Awaitable[inference.Call]]
+
+
+async def _stream(request: web.Request, call: inference.Call) -> web.StreamResponse:
+    """Send the call's chunks as SSE. The first chunk is produced before the response starts,
+    so admission errors (queue full, context length) still get their own status."""
+    async with contextlib.aclosing(call.stream()) as chunks:
+        first = await anext(chunks)
+        resp = await sse.open_stream(request)
+        try:
+            await sse.send(resp, first)
+            async for chunk in chunks:
+                await sse.send(resp, chunk)
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except LlmpError as e:  # after the headers: report in-band, as OpenAI does
+            await sse.send(resp, {"error": e.to_dict(), "request_id": request[REQUEST_ID]})
+        except Exception:
+            log.exception("stream %s failed", request[REQUEST_ID])
+            await sse.send(resp, {"error": ServerError("The server had an error while "
+                                                       "streaming").to_dict(),
+                                  "request_id": request[REQUEST_ID]})
+        await sse.done(resp)
+        return resp
+
+
+async def _serve(request: web.Request, prepare: Prepare, endpoint: str) -> web.StreamResponse:
+    app = request.app
+    key, limiter, db = request["key"], app[LIMITER], app[DB]
+    t0 = time.perf_counter()
+    call: inference.Call | None = None
+    model: str | None = None
+    reserved = 0
+    status, error_type = 200, None
+    try:
+        body = await read_json(request)
+        model = body.get("model") if isinstance(body.get("model"), str) else None
+        limiter.check_quota(key)
+        registered = db_models.get(db, model) if model else None
+        call = await prepare(app[POOL], body, request_id=request[REQUEST_ID],
+                             model_version=model_version(registered) if registered else None)
+        model = call.model
+        reserved = limiter.reserve_tokens(key, call.token_estimate)
+        if call.streaming:
+            return await _stream(request, call)
+        return web.json_response(await call.run())
+    except LlmpError as e:
+        status, error_type = e.status, e.type
+        raise
+    except (ConnectionError, asyncio.CancelledError):
+        status, error_type = CLIENT_CLOSED, "client_closed"
+        raise
+    except Exception:
+        status, error_type = 500, "server_error"
+        raise
+    finally:
+        latency = time.perf_counter() - t0
+        prompt = call.prompt_tokens if call else 0
+        completion = call.completion_tokens_so_far if call else 0
+        if reserved:
+            limiter.settle_tokens(key, reserved, prompt + completion)
+        ttft = call.ttft if call else None
+        cost = usage.record(db, key["id"], model, endpoint, prompt, completion, latency * 1000,
+                            ttft * 1000 if ttft is not None else None, status,
+                            error_type=error_type, request_id=request[REQUEST_ID],
+                            cached_tokens=call.usage.cached_tokens if call else 0)
+        limiter.add_usage(key, requests=1, tokens=prompt + completion, cost=cost)
+        if call is not None:
+            app[METRICS].observe_inference(call.model, prompt, completion, latency, ttft)
+
+
+@requires("inference")
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, inference.prepare_chat, "/v1/chat/completions")
+
+
+@requires("inference")
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, inference.prepare_completion, "/v1/completions")
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)

@@ -1,0 +1,33 @@
+"""POST/GET/DELETE /v1/auth/api-keys: key management (admin keys only)."""
+from __future__ import annotations
+
+from aiohttp import web
+
+from llmp.server.auth import requires
+from llmp.server.middleware import read_json
+from llmp.server.state import DB
+from llmp.services import keys as keys_service
+
+
+@requires("admin")
+async def create_key(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return web.json_response(keys_service.create(request.app[DB], body), status=201)
+
+
+@requires("admin")
+async def list_keys(request: web.Request) -> web.Response:
+    data = keys_service.list_keys(request.app[DB])
+    return web.json_response({"object": "list", "data": data, "total": len(data)})
+
+
+@requires("admin")
+async def revoke_key(request: web.Request) -> web.Response:
+    key = keys_service.revoke(request.app[DB], request.match_info["key_id"])
+    return web.json_response({**key, "deleted": True})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/auth/api-keys", create_key)
+    app.router.add_get("/v1/auth/api-keys", list_keys)
+    app.router.add_delete("/v1/auth/api-keys/{key_id}", revoke_key)

@@ -1,0 +1,77 @@
+"""/v1/webhooks: endpoints, their deliveries and a test event; the deliverer lives as long as
+the app."""
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from llmp.errors import InvalidRequestError
+from llmp.server.auth import requires
+from llmp.server.routes.files import int_param
+from llmp.server.state import DB
+from llmp.services import webhooks
+from llmp.services.webhooks import Deliverer
+
+DELIVERER = web.AppKey("webhook_deliverer", Deliverer)
+
+
+@requires("webhooks")
+async def create(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidRequestError("The request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object")
+    return web.json_response(webhooks.create(
+        request.app[DB], request["key"], url=body.get("url"), events=body.get("events"),
+        secret=body.get("secret")))
+
+
+@requires("webhooks")
+async def list_endpoints(request: web.Request) -> web.Response:
+    return web.json_response(webhooks.list_endpoints(request.app[DB], request["key"]))
+
+
+@requires("webhooks")
+async def retrieve(request: web.Request) -> web.Response:
+    return web.json_response(webhooks.get(request.app[DB], request["key"],
+                                          request.match_info["webhook_id"]))
+
+
+@requires("webhooks")
+async def delete(request: web.Request) -> web.Response:
+    return web.json_response(webhooks.delete(request.app[DB], request["key"],
+                                             request.match_info["webhook_id"]))
+
+
+@requires("webhooks")
+async def deliveries(request: web.Request) -> web.Response:
+    return web.json_response(webhooks.deliveries(
+        request.app[DB], request["key"], request.match_info["webhook_id"],
+        after=request.query.get("after") or None, limit=int_param(request, "limit", 20)))
+
+
+@requires("webhooks")
+async def test(request: web.Request) -> web.Response:
+    return web.json_response(webhooks.send_test(request.app[DB], request["key"],
+                                                request.match_info["webhook_id"]))
+
+
+async def _deliverer(app: web.Application) -> AsyncIterator[None]:
+    deliverer = Deliverer(app[DB])
+    app[DELIVERER] = deliverer
+    await deliverer.start()
+    yield
+    await deliverer.stop()
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/webhooks", create)
+    app.router.add_get("/v1/webhooks", list_endpoints)
+    app.router.add_get("/v1/webhooks/{webhook_id}", retrieve)
+    app.router.add_delete("/v1/webhooks/{webhook_id}", delete)
+    app.router.add_get("/v1/webhooks/{webhook_id}/deliveries", deliveries)
+    app.router.add_post("/v1/webhooks/{webhook_id}/test", test)
+    app.cleanup_ctx.append(_deliverer)

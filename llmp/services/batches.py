@@ -1,0 +1,618 @@
+"""Batches (/v1/batches): OpenAI's Batch API on the local engine.
+
+Life cycle (each status sets its `<status>_at` timestamp):
+
+    validating -> in_progress -> finalizing -> completed | expired
+    validating -> failed                       (the input file has invalid lines)
+    validating | in_progress -> cancelling -> cancelled
+
+Every input line is checked before anything runs (`validate_lines`: JSON, a unique custom_id,
+method POST, url equal to the batch's endpoint, a valid body, a known model, at most 50,000
+lines); one bad line fails the batch with `errors: {object: "list", data: [{code, message,
+line, param}]}`. Valid lines become `batch_lines` rows, and the `BatchRunner` executes them
+through `llmp.services.inference` at `Priority.BATCH` (interactive requests go first), as many
+at a time as the model has slots. Each result is persisted the moment it is known, and a line
+is answered only while it is pending, so a server killed mid-batch resumes on restart without
+losing or repeating a line. At finalize the output file (successes) and the error file
+(failures, expired and cancelled lines) are written from those rows in input order and
+registered as `batch_output` files.
+
+`completion_window`: OpenAI accepts only "24h". llmp also accepts any other duration written
+`<n>s|m|h|d` up to 7 days (e.g. "1h", or "30s" to see expiry happen): past the window the
+finished lines are kept and the unfinished ones are reported expired (status `expired`).
+`request_counts.failed` counts failed, expired and cancelled lines alike (all of them are in
+the error file), so completed + failed = total once the batch is finished.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from sqlite_utils import Database
+
+from llmp.db import batches as batches_db
+from llmp.db import usage as usage_db
+from llmp.engine.types import Priority
+from llmp.errors import InvalidRequestError, LlmpError, NotFoundError, ServiceUnavailableError
+from llmp.ids import new_id
+from llmp.services import inference, timefmt
+from llmp.services import usage as usage_service
+from llmp.services import webhooks
+from llmp.services.files import FileStore, Upload, clamp_limit, list_object, owner_scope
+
+log = logging.getLogger(__name__)
+
+# endpoint -> the inference function that serves its body (the same code as the HTTP routes)
+ENDPOINTS: dict[str, Callable[..., Any]] = {
+    "/v1/chat/completions": inference.chat_completion,
+    "/v1/completions": inference.completion,
+}
+MAX_LINES = 50_000
+MAX_REPORTED_ERRORS = 100  # validation stops collecting errors after this many
+MAX_WINDOW_S = 7 * 24 * 3600
+MAX_METADATA_PAIRS = 16
+ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
+TERMINAL_EVENTS = {"completed": "batch.completed", "failed": "batch.failed",
+                   "expired": "batch.expired", "cancelled": "batch.cancelled"}
+# Lines in flight per model: the engine's slots plus a few queued behind them (at batch
+# priority, so interactive requests still go first) to hide the per-line bookkeeping gap.
+LOOKAHEAD = 2
+RETRY_BUSY_S = 0.25
+FLUSH_LINES = 64  # group commit: write results when this many wait ...
+FLUSH_S = 0.02  # ... or this long after the first one  # wait before resubmitting a line the engine refused (queue full)
+_WINDOW = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+# -- validation ------------------------------------------------------------------------------
+
+def parse_window(value: Any) -> int:
+    """`"24h"` -> 86400 seconds; any `<n>s|m|h|d` from 1 second to 7 days."""
+    m = _WINDOW.match(value) if isinstance(value, str) else None
+    seconds = int(m.group(1)) * _UNITS[m.group(2)] if m else 0
+    if not 0 < seconds <= MAX_WINDOW_S:
+        raise InvalidRequestError(
+            f"Invalid 'completion_window': {value!r}; use '24h' (or a duration such as '1h', "
+            f"'30m', '90s' up to 7d)", param="completion_window", code="invalid_parameter")
+    return seconds
+
+
+def _error(code: str, message: str, line: int | None, param: str | None = None) -> dict:
+    return {"code": code, "message": message, "param": param, "line": line}
+
+
+def check_body(endpoint: str, body: Any) -> tuple[str, str] | None:
+    """A cheap shape check of one request body: (param, message) of the first problem, or
+    None. The inference layer validates the rest when the line runs (a bad value there fails
+    only that line, into the error file)."""
+    if not isinstance(body, dict):
+        return "body", "'body' must be a JSON object"
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return "body.model", "'body.model' is required (a model id)"
+    if body.get("stream"):
+        return "body.stream", "streaming is not supported in a batch"
+    if endpoint == "/v1/chat/completions":
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            return "body.messages", "'body.messages' must be a non-empty list"
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in msgs):
+            return "body.messages", "every message must be an object with a 'role'"
+    elif endpoint == "/v1/completions":
+        p = body.get("prompt")
+        if not (isinstance(p, str) or (isinstance(p, list) and p)):
+            return "body.prompt", "'body.prompt' must be a string or a non-empty list"
+    return None
+
+
+@dataclass
+class Validation:
+    """The outcome of `validate_lines`: the runnable lines, or the errors."""
+    lines: list[tuple[int, str, str]] = field(default_factory=list)  # (line, custom_id, body)
+    line_models: list[str] = field(default_factory=list)  # the model of each of `lines`
+    errors: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def models(self) -> list[str]:
+        """Distinct models, in first-use order."""
+        return list(dict.fromkeys(self.line_models))
+
+    def check_models(self, known_model: Callable[[str], bool]) -> None:
+        """Turn every line whose model is not served into a `model_not_found` error."""
+        unknown = {m for m in self.models if not known_model(m)}
+        for (n, _, _), m in zip(self.lines, self.line_models):
+            if m in unknown and len(self.errors) < MAX_REPORTED_ERRORS:
+                self.errors.append(_error("model_not_found", f"The model {m!r} does not exist",
+                                          n, "body.model"))
+        self.errors.sort(key=lambda e: e["line"] or 0)
+
+
+def validate_lines(lines: Iterable[bytes | str], endpoint: str, *,
+                   known_model: Callable[[str], bool] | None = None) -> Validation:
+    """Check every line of a batch input file (JSONL; blank lines are skipped). Line numbers
+    are 1-based. `known_model` (None: skip the check; see `Validation.check_models`) says
+    whether a model id is served."""
+    v = Validation()
+    seen: dict[str, int] = {}
+    count = 0
+
+    def err(*a: Any) -> bool:
+        v.errors.append(_error(*a))
+        return len(v.errors) >= MAX_REPORTED_ERRORS
+
+    for n, raw in enumerate(lines, 1):
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        if not text.strip():
+            continue
+        count += 1
+        if count > MAX_LINES:
+            err("too_many_requests", f"A batch holds at most {MAX_LINES:,} requests", n)
+            break
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            if err("invalid_json_line", f"This line is not valid JSON ({e.msg})", n):
+                break
+            continue
+        if not isinstance(obj, dict):
+            if err("invalid_json_line", "This line is not a JSON object", n):
+                break
+            continue
+        problem = _check_line(obj, endpoint, seen, n)
+        if problem is not None:
+            if err(problem[0], problem[1], n, problem[2]):
+                break
+            continue
+        seen[obj["custom_id"]] = n
+        v.lines.append((n, obj["custom_id"], json.dumps(obj["body"])))
+        v.line_models.append(obj["body"]["model"])
+    if known_model is not None:
+        v.check_models(known_model)
+    if not v.errors and not v.lines:
+        v.errors.append(_error("empty_file", "The input file has no requests", None))
+    return v
+
+
+def _check_line(obj: dict, endpoint: str, seen: dict[str, int],
+                n: int) -> tuple[str, str, str | None] | None:
+    cid = obj.get("custom_id")
+    if not isinstance(cid, str) or not cid:
+        return "missing_custom_id", "'custom_id' is required (a non-empty string)", "custom_id"
+    if cid in seen:
+        return ("duplicate_custom_id",
+                f"The custom_id {cid!r} is also used on line {seen[cid]}", "custom_id")
+    if obj.get("method") != "POST":
+        return "invalid_method", "'method' must be 'POST'", "method"
+    if obj.get("url") != endpoint:
+        return ("invalid_url", f"'url' must be the batch's endpoint {endpoint!r} "
+                f"(got {obj.get('url')!r})", "url")
+    problem = check_body(endpoint, obj.get("body"))
+    if problem is not None:
+        return "invalid_request", problem[1], problem[0]
+    return None
+
+
+def read_lines(path: Path) -> Iterator[bytes]:
+    """The lines of a file, one at a time (never the whole file in memory)."""
+    with open(path, "rb") as f:
+        yield from f
+
+
+# -- API objects -----------------------------------------------------------------------------
+
+def to_api(db: Database, row: dict) -> dict:
+    """A `batches` row as OpenAI's batch object, with live request_counts."""
+    c = batches_db.counts(db, row["id"])
+    total = sum(c.values())
+    errors = json.loads(row["errors"]) if row["errors"] else None
+    p, o = row["prompt_tokens"] or 0, row["completion_tokens"] or 0
+    out = {
+        "id": row["id"], "object": "batch", "endpoint": row["endpoint"], "model": row["model"],
+        "errors": {"object": "list", "data": errors} if errors else None,
+        "input_file_id": row["input_file_id"], "completion_window": row["completion_window"],
+        "status": row["status"], "output_file_id": row["output_file_id"],
+        "error_file_id": row["error_file_id"],
+    }
+    for k in ("created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at",
+              "failed_at", "expired_at", "cancelling_at", "cancelled_at"):
+        out[k] = row[k]
+    out["request_counts"] = {"total": total, "completed": c["completed"],
+                             "failed": c["failed"] + c["expired"] + c["cancelled"]}
+    out["metadata"] = json.loads(row["metadata"]) if row["metadata"] else None
+    out["usage"] = {"input_tokens": p, "input_tokens_details": {"cached_tokens": 0},
+                    "output_tokens": o, "output_tokens_details": {"reasoning_tokens": 0},
+                    "total_tokens": p + o}
+    return out
+
+
+def _check_metadata(metadata: Any) -> dict | None:
+    if metadata is None:
+        return None
+    if (not isinstance(metadata, dict) or len(metadata) > MAX_METADATA_PAIRS
+            or not all(isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
+                       for k, v in metadata.items())):
+        raise InvalidRequestError(
+            "Invalid 'metadata': expected at most 16 string keys (<= 64 chars) with string "
+            "values (<= 512 chars)", param="metadata", code="invalid_parameter")
+    return metadata
+
+
+class Batches:
+    """The batch API over one home: create/get/list/cancel, driven by a `BatchRunner`."""
+
+    def __init__(self, db: Database, store: FileStore, runner: "BatchRunner | None" = None):
+        self.db = db
+        self.store = store
+        self.runner = runner
+
+    def create(self, key: dict, body: Any) -> dict:
+        if not isinstance(body, dict):
+            raise InvalidRequestError("The request body must be a JSON object")
+        file_id = body.get("input_file_id")
+        if not isinstance(file_id, str) or not file_id:
+            raise InvalidRequestError("Missing required parameter: 'input_file_id'",
+                                      param="input_file_id", code="missing_required_parameter")
+        endpoint = body.get("endpoint")
+        if endpoint not in ENDPOINTS:
+            raise InvalidRequestError(
+                f"Invalid 'endpoint': {endpoint!r}; supported: {', '.join(ENDPOINTS)}",
+                param="endpoint", code="invalid_parameter")
+        window = body.get("completion_window", "24h")
+        seconds = parse_window(window)
+        metadata = _check_metadata(body.get("metadata"))
+        f = self.store.row(file_id, key)
+        if f["purpose"] != "batch":
+            raise InvalidRequestError(
+                f"File {file_id!r} has purpose {f['purpose']!r}; a batch needs a file uploaded "
+                f"with purpose 'batch'", param="input_file_id", code="invalid_file")
+        now = int(time.time())
+        row = batches_db.insert(self.db, {
+            "id": new_id("batch"), "owner_key_id": key["id"], "endpoint": endpoint,
+            "input_file_id": file_id, "completion_window": window, "window_seconds": seconds,
+            "status": "validating", "metadata": json.dumps(metadata) if metadata else None,
+            "created_at": now, "expires_at": now + seconds})
+        if self.runner is not None:
+            self.runner.wake()
+        return to_api(self.db, row)
+
+    def row(self, batch_id: str, key: dict) -> dict:
+        row = batches_db.get(self.db, batch_id, owner=owner_scope(key))
+        if row is None:
+            raise NotFoundError(f"No such batch: {batch_id!r}", param="batch_id",
+                                code="batch_not_found")
+        return row
+
+    def get(self, batch_id: str, key: dict) -> dict:
+        return to_api(self.db, self.row(batch_id, key))
+
+    def list(self, key: dict, *, after: str | None = None, limit: int = 20) -> dict:
+        rows, more = batches_db.page(self.db, owner=owner_scope(key), after=after,
+                                     limit=clamp_limit(limit, 100))
+        return list_object([to_api(self.db, r) for r in rows], more)
+
+    def cancel(self, batch_id: str, key: dict) -> dict:
+        """validating | in_progress -> cancelling; the runner stops its lines and finishes the
+        batch as cancelled (finished lines are kept). Cancelling twice is a no-op."""
+        row = self.row(batch_id, key)
+        if row["status"] in ("cancelling", "cancelled"):
+            return to_api(self.db, row)
+        if not batches_db.transition(self.db, batch_id, "cancelling",
+                                     allowed_from=("validating", "in_progress"),
+                                     at=int(time.time())):
+            raise InvalidRequestError(
+                f"Batch {batch_id!r} is {self.row(batch_id, key)['status']} and can no longer "
+                f"be cancelled", param="batch_id", code="batch_not_cancellable")
+        if self.runner is not None:
+            self.runner.cancel(batch_id)
+        return self.get(batch_id, key)
+
+
+# -- execution -------------------------------------------------------------------------------
+
+@dataclass
+class _Run:
+    """An active batch in the runner: its driving task and the line tasks in flight."""
+    task: asyncio.Task
+    lines: set[asyncio.Task] = field(default_factory=set)
+    cancelled: bool = False
+
+
+class BatchRunner:
+    """Drives every active batch of a home. Start it once in the serving process; on start it
+    resumes whatever a previous process left unfinished."""
+
+    def __init__(self, db: Database, store: FileStore, pool: Any, *,
+                 known_model: Callable[[str], bool] | None = None, poll_s: float = 5.0):
+        self.db = db
+        self.store = store
+        self.pool = pool
+        self.known_model = known_model or self._resolvable
+        self.poll_s = poll_s
+        self._runs: dict[str, _Run] = {}
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._results: list[dict] = []  # finished lines not yet written (see _flush)
+        self._have_results = asyncio.Event()
+        self._many_results = asyncio.Event()
+
+    def _resolvable(self, model: str) -> bool:
+        try:
+            self.pool.resolve(model)
+        except NotFoundError:
+            return False
+        return True
+
+    async def start(self) -> None:
+        self.store.sweep_partials()
+        self._tasks = [asyncio.create_task(self._loop(), name="batch-runner"),
+                       asyncio.create_task(self._writer(), name="batch-writer")]
+
+    async def stop(self) -> None:
+        """Stop driving batches; unfinished lines stay pending and resume on the next start."""
+        tasks = self._tasks + [r.task for r in self._runs.values()]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._flush()
+        self._runs.clear()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def cancel(self, batch_id: str) -> None:
+        """Stop the lines in flight of a batch that was just moved to cancelling."""
+        run = self._runs.get(batch_id)
+        if run is not None:
+            run.cancelled = True
+            for t in run.lines:
+                t.cancel()
+        self.wake()
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            for b in batches_db.with_status(self.db, ACTIVE):
+                if b["id"] not in self._runs:
+                    task = asyncio.create_task(self._drive(b["id"]), name=f"batch-{b['id']}")
+                    self._runs[b["id"]] = _Run(task)
+                    task.add_done_callback(lambda t, bid=b["id"]: self._done(bid, t))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_s)
+
+    def _done(self, batch_id: str, task: asyncio.Task) -> None:
+        self._runs.pop(batch_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("batch %s stopped on an error", batch_id, exc_info=task.exception())
+
+    async def _drive(self, batch_id: str) -> None:
+        """Take one batch from wherever it is to a final status."""
+        b = batches_db.get(self.db, batch_id)
+        if b["status"] == "validating":
+            await self._validate(b)
+            b = batches_db.get(self.db, batch_id)
+        if b["status"] == "in_progress":
+            expired = await self._execute(b)
+            now = int(time.time())
+            if expired:
+                batches_db.close_pending(self.db, batch_id, status="expired", at=now, error={
+                    "code": "batch_expired", "message": "This request could not be executed "
+                    "before the completion window expired."})
+            batches_db.transition(self.db, batch_id, "finalizing", allowed_from=("in_progress",),
+                                  at=now)
+            b = batches_db.get(self.db, batch_id)
+        if b["status"] == "cancelling":
+            batches_db.close_pending(self.db, batch_id, status="cancelled", at=int(time.time()),
+                                     error={"code": "batch_cancelled",
+                                            "message": "The batch was cancelled before this "
+                                            "request was executed."})
+            await self._finalize(b, "cancelled", ("cancelling",))
+        elif b["status"] == "finalizing":
+            to = "expired" if batches_db.counts(self.db, batch_id)["expired"] else "completed"
+            await self._finalize(b, to, ("finalizing",))
+
+    async def _validate(self, b: dict) -> None:
+        """Check the input file (read in a worker thread; every database call stays on the
+        event loop's thread, which owns the connection) and start or fail the batch."""
+        try:
+            path = self.store.path(self.store.row(b["input_file_id"], None))
+            v = await asyncio.to_thread(lambda: validate_lines(read_lines(path), b["endpoint"]))
+            v.check_models(self.known_model)
+        except NotFoundError as e:
+            v = Validation(errors=[_error("invalid_file", e.message, None, "input_file_id")])
+        now = int(time.time())
+        if v.ok:
+            batches_db.start(self.db, b["id"], v.lines, model=v.models[0], at=now)
+        elif batches_db.transition(self.db, b["id"], "failed", allowed_from=("validating",),
+                                   at=now, changes={"errors": json.dumps(v.errors)}):
+            self._emit(b["id"], "failed")
+
+    async def _slots_for(self, model: str) -> asyncio.Semaphore:
+        """One semaphore per model, as wide as the engine's slots plus LOOKAHEAD (shared by
+        all batches)."""
+        sem = self._slots.get(model)
+        if sem is None:
+            engine = await self.pool.get(model)
+            sem = self._slots.setdefault(model, asyncio.Semaphore(engine.n_slots + LOOKAHEAD))
+        return sem
+
+    async def _execute(self, b: dict) -> bool:
+        """Run the pending lines until none is left (False), the window ends (True) or the
+        batch is cancelled. Lines in flight when it stops stay pending."""
+        run = self._runs[b["id"]]
+        try:
+            async with asyncio.timeout(max(0.0, b["expires_at"] - time.time())):
+                after = 0
+                while not run.cancelled:
+                    rows = batches_db.pending_lines(self.db, b["id"], after_line=after)
+                    if not rows:
+                        break
+                    for r in rows:
+                        after = r["line"]
+                        body = json.loads(r["body"])
+                        try:
+                            sem = await self._slots_for(body["model"])
+                        except LlmpError as e:  # the model is gone or cannot load
+                            self._done_line(b, r["line"], r["custom_id"], body, new_id("req"),
+                                            e.status, {"error": e.to_dict()}, 0.0)
+                            continue
+                        await sem.acquire()
+                        if run.cancelled:
+                            sem.release()
+                            break
+                        t = asyncio.create_task(
+                            self._run_line(b, r["line"], r["custom_id"], body, sem))
+                        run.lines.add(t)
+                        t.add_done_callback(run.lines.discard)
+                if run.lines:
+                    await asyncio.wait(set(run.lines))
+        except TimeoutError:
+            return True
+        finally:
+            for t in list(run.lines):
+                t.cancel()
+            if run.lines:
+                await asyncio.wait(set(run.lines))
+            self._flush()
+        return False
+
+    async def _run_line(self, b: dict, line: int, custom_id: str, body: dict,
+                        slot: asyncio.Semaphore) -> None:
+        """Execute one request (holding one of the model's slots) and queue its result."""
+        request_id = new_id("req")
+        t0 = time.perf_counter()
+        try:
+            while True:
+                try:
+                    resp = await ENDPOINTS[b["endpoint"]](self.pool, body, request_id=request_id,
+                                                          priority=Priority.BATCH)
+                    status_code, payload = 200, resp
+                    break
+                except ServiceUnavailableError:  # the engine's queue is full: interactive first
+                    await asyncio.sleep(RETRY_BUSY_S)
+                except LlmpError as e:
+                    status_code, payload = e.status, {"error": e.to_dict()}
+                    break
+                except Exception as e:  # one broken line must not stop the batch
+                    log.exception("batch %s line %d failed", b["id"], line)
+                    status_code = 500
+                    payload = {"error": {"message": f"internal error: {e}", "type": "server_error",
+                                         "param": None, "code": "internal_error"}}
+                    break
+        finally:
+            slot.release()
+        self._done_line(b, line, custom_id, body, request_id, status_code, payload,
+                        (time.perf_counter() - t0) * 1000)
+
+    def _done_line(self, b: dict, line: int, custom_id: str, body: dict, request_id: str,
+                   status_code: int, payload: dict, latency_ms: float) -> None:
+        """Queue a finished line's result for the writer."""
+        ok = status_code == 200
+        u = (payload.get("usage") or {}) if ok else {}
+        self._results.append({
+            "batch_id": b["id"], "owner": b["owner_key_id"], "endpoint": b["endpoint"],
+            "model": body.get("model"), "line": line, "status": "completed" if ok else "failed",
+            "at": int(time.time()), "latency_ms": latency_ms, "status_code": status_code,
+            "error_type": None if ok else payload["error"]["type"], "request_id": request_id,
+            "prompt_tokens": u.get("prompt_tokens", 0) or 0,
+            "completion_tokens": u.get("completion_tokens", 0) or 0,
+            "result": {"id": "batch_req_" + request_id.removeprefix("req_"), "custom_id": custom_id,
+                       "response": {"status_code": status_code, "request_id": request_id,
+                                    "body": payload}, "error": None}})
+        self._have_results.set()
+        if len(self._results) >= FLUSH_LINES:
+            self._many_results.set()
+
+    async def _writer(self) -> None:
+        """Group commit: write the queued results when FLUSH_LINES are waiting or FLUSH_S
+        after the first one, whichever comes first."""
+        while True:
+            await self._have_results.wait()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._many_results.wait(), FLUSH_S)
+            self._have_results.clear()
+            self._many_results.clear()
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write every queued result and its usage row in one transaction. A result counts
+        once it is written: a line whose result was still queued when the process died is
+        pending again and runs again (so no line is lost or answered twice)."""
+        items, self._results = self._results, []
+        if not items:
+            return
+        recorded: list[dict] = []
+        batches_db.record_results(self.db, items, on_recorded=recorded.append)
+        usage_db.insert_rows(self.db, [self._usage_row(r) for r in recorded])
+
+    def _usage_row(self, r: dict) -> dict:
+        """The usage row of a line, as `usage.record` writes one (in bulk here)."""
+        cost, _ = usage_service.cost_of(self.db, r["model"], r["prompt_tokens"],
+                                        r["completion_tokens"])
+        return {"request_id": r["request_id"], "created_at": timefmt.iso(),
+                "key_id": r["owner"] or "", "model": r["model"] or "", "endpoint": r["endpoint"],
+                "status": r["status_code"], "error_type": r["error_type"],
+                "prompt_tokens": r["prompt_tokens"], "completion_tokens": r["completion_tokens"],
+                "cached_tokens": 0, "cost": cost, "latency_ms": r["latency_ms"], "ttft_ms": None,
+                "batch_id": r["batch_id"]}
+
+    async def _finalize(self, b: dict, to: str, allowed_from: tuple[str, ...]) -> None:
+        """Write the output and error files from the persisted lines, register them and move
+        the batch to `to`, atomically (a crash before that leaves it to be finalized again)."""
+        counts = batches_db.counts(self.db, b["id"])
+        files = {}
+        for kind, statuses in (("output", ("completed",)),
+                               ("error", ("failed", "expired", "cancelled"))):
+            if any(counts[s] for s in statuses):
+                up = await self._stage(b["id"], statuses)
+                files[kind] = self.store.record(up, owner=b["owner_key_id"],
+                                                filename=f"{b['id']}_{kind}.jsonl",
+                                                purpose="batch_output")
+        changes = {f"{kind}_file_id": f["id"] for kind, f in files.items()}
+        if batches_db.finish(self.db, b["id"], to, allowed_from=allowed_from, at=int(time.time()),
+                             files=files.values(), changes=changes):
+            self._emit(b["id"], to)
+        else:
+            for f in files.values():
+                (self.store.dir / f["storage"]).unlink(missing_ok=True)
+
+    async def _stage(self, batch_id: str, statuses: tuple[str, ...]) -> Upload:
+        """The result lines in input order, written to a staged file a page at a time
+        (rows read here, bytes written in a worker thread)."""
+        up = self.store.begin_staged()
+        try:
+            after = 0
+            while rows := batches_db.results(self.db, batch_id, statuses, after_line=after):
+                data = b"".join(self._output_line(r) for r in rows)
+                await asyncio.to_thread(up.write, data)
+                after = rows[-1]["line"]
+            await asyncio.to_thread(up.close)
+        except BaseException:
+            up.discard()
+            raise
+        return up
+
+    @staticmethod
+    def _output_line(row: dict) -> bytes:
+        out = json.loads(row["result"])
+        if "response" not in out:  # an expired or cancelled line: no response
+            out = {"id": new_id("batch_req"), "custom_id": row["custom_id"], "response": None,
+                   "error": out["error"]}
+        return (json.dumps(out) + "\n").encode()
+
+    def _emit(self, batch_id: str, status: str) -> None:
+        row = batches_db.get(self.db, batch_id)
+        webhooks.emit(self.db, TERMINAL_EVENTS[status], to_api(self.db, row),
+                      key_id=row["owner_key_id"])

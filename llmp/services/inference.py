@@ -1,0 +1,525 @@
+"""OpenAI-shaped request bodies -> engine requests -> OpenAI-shaped responses.
+
+THE one place where /v1/completions and /v1/chat/completions bodies are validated and turned
+into `GenerationRequest`s, and where results become response bodies and stream chunks, so
+that the HTTP routes and the batch runner produce identical bodies.
+
+Two steps, so that the server can reserve rate-limit tokens between them:
+
+    call = await prepare_chat(pool, body, request_id=rid)   # validates, renders, tokenizes
+    limiter.reserve_tokens(key, call.token_estimate)
+    body = await call.run()            # or: async for chunk in call.stream(): ...
+    call.usage, call.ttft              # for accounting (also after a failure or disconnect)
+
+`chat_completion(pool, body, ...)` and `completion(pool, body, ...)` do both steps at once.
+
+Parameters beyond OpenAI's that llama.cpp servers accept too: top_k, min_p, repeat_penalty,
+ignore_eos. Response bodies also carry the spec's `metadata` {request_id, processing_time_ms,
+model_version} beside OpenAI's keys.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from llmp.engine.tools import ToolCallParser
+from llmp.engine.types import (Delta, GenerationRequest, Priority, SamplingParams, TokenLogprob,
+                               Usage)
+from llmp.errors import InvalidRequestError
+from llmp.ids import new_id
+
+MAX_N = 16
+MAX_STOP = 16
+_ROLES_HINT = "messages must be a non-empty array of {role, content} objects"
+
+
+# ----------------------------------------------------------------------------- validation
+def _bad(message: str, param: str, code: str = "invalid_parameter") -> InvalidRequestError:
+    return InvalidRequestError(message, param=param, code=code)
+
+
+def _number(body: dict, name: str, lo: float, hi: float | None, default: float | None,
+            *, integer: bool = False) -> Any:
+    v = body.get(name)
+    if v is None:
+        return default
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+    if integer:
+        ok = ok and float(v).is_integer()
+    if not ok or v < lo or (hi is not None and v > hi):
+        kind = "an integer" if integer else "a number"
+        rng = f" from {lo:g}" + (f" to {hi:g}" if hi is not None else "")
+        raise _bad(f"Invalid '{name}': {v!r} must be {kind}{rng}", name)
+    return int(v) if integer else float(v)
+
+
+def _bool(body: dict, name: str, default: bool = False) -> bool:
+    v = body.get(name, default)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise _bad(f"Invalid '{name}': must be true or false", name)
+    return v
+
+
+def _require(body: dict, name: str) -> Any:
+    if body.get(name) is None:
+        raise _bad(f"Missing required parameter '{name}'", name, "missing_parameter")
+    return body[name]
+
+
+def _stop(body: dict) -> list[str]:
+    v = body.get("stop")
+    if v is None:
+        return []
+    stops = [v] if isinstance(v, str) else v
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops) \
+            or len(stops) > MAX_STOP:
+        raise _bad(f"Invalid 'stop': a string or a list of at most {MAX_STOP} strings", "stop")
+    return [s for s in stops if s]
+
+
+def _logit_bias(body: dict) -> dict[int, float]:
+    v = body.get("logit_bias")
+    if v is None:
+        return {}
+    try:
+        out = {int(k): float(b) for k, b in v.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise _bad("Invalid 'logit_bias': a map of token ids to numbers", "logit_bias") from None
+    if any(not -100 <= b <= 100 for b in out.values()):
+        raise _bad("Invalid 'logit_bias': biases must be from -100 to 100", "logit_bias")
+    return out
+
+
+def _sampling(body: dict, *, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    seed = _number(body, "seed", -(2 ** 63), 2 ** 64, None, integer=True)
+    return SamplingParams(
+        temperature=_number(body, "temperature", 0, 2, 1.0),
+        top_p=_number(body, "top_p", 0, 1, 1.0),
+        top_k=_number(body, "top_k", 0, None, 0, integer=True),
+        min_p=_number(body, "min_p", 0, 1, 0.0),
+        seed=seed,
+        max_tokens=max_tokens,
+        stop=_stop(body),
+        frequency_penalty=_number(body, "frequency_penalty", -2, 2, 0.0),
+        presence_penalty=_number(body, "presence_penalty", -2, 2, 0.0),
+        repeat_penalty=_number(body, "repeat_penalty", 0, None, 1.0),
+        logit_bias=_logit_bias(body),
+        logprobs=logprobs,
+        ignore_eos=_bool(body, "ignore_eos"),
+    )
+
+
+def _stream_flags(body: dict) -> tuple[bool, bool]:
+    stream = _bool(body, "stream")
+    opts = body.get("stream_options")
+    if opts is not None and not isinstance(opts, dict):
+        raise _bad("Invalid 'stream_options': must be an object", "stream_options")
+    include_usage = bool((opts or {}).get("include_usage"))
+    return stream, include_usage
+
+
+def _model_id(body: dict) -> str:
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object", code="invalid_json")
+    model = _require(body, "model")
+    if not isinstance(model, str) or not model:
+        raise _bad("Invalid 'model': must be a string", "model")
+    return model
+
+
+# ----------------------------------------------------------------------------- rendering
+def _logprobs_chat(lps: list[TokenLogprob]) -> list[dict]:
+    return [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes,
+             "top_logprobs": [{"token": a, "logprob": b, "bytes": c} for a, b, c in t.top_logprobs]}
+            for t in lps]
+
+
+def _logprobs_text(lps: list[TokenLogprob], offset: int) -> dict:
+    offsets, pos = [], offset
+    for t in lps:
+        offsets.append(pos)
+        pos += len(t.token)
+    return {"tokens": [t.token for t in lps], "token_logprobs": [t.logprob for t in lps],
+            "top_logprobs": [{a: b for a, b, _ in t.top_logprobs} for t in lps],
+            "text_offset": offsets}
+
+
+def _usage_dict(u: Usage) -> dict:
+    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+            "total_tokens": u.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": u.cached_tokens}}
+
+
+async def _merge(streams: list[AsyncIterator[Delta]]) -> AsyncIterator[tuple[int, Delta]]:
+    """Interleave several delta streams as (index, delta); closing this closes them all."""
+    if len(streams) == 1:
+        async with contextlib.aclosing(streams[0]) as only:
+            async for d in only:
+                yield 0, d
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(i: int, s: AsyncIterator[Delta]) -> None:
+        try:
+            async for d in s:
+                await queue.put((i, d))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            await queue.put((i, e))
+        finally:
+            await queue.put((i, done))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        left = len(tasks)
+        while left:
+            i, item = await queue.get()
+            if item is done:
+                left -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# ----------------------------------------------------------------------------- the call
+@dataclass
+class Call:
+    """A validated request, ready to run once (non-streaming) or stream."""
+
+    kind: str  # "chat" | "completion"
+    engine: Any
+    model: str
+    requests: list[GenerationRequest]  # one per choice
+    prompt_tokens: int  # over the distinct prompts
+    max_tokens: int | None
+    request_id: str
+    streaming: bool = False
+    include_usage: bool = False
+    model_version: str | None = None
+    # chat
+    tool_family: str | None = None
+    legacy_functions: bool = False
+    # completions
+    echo_texts: list[str] = field(default_factory=list)  # per choice: the prompt when echo
+    want_logprobs: bool = False
+    # filled while running
+    id: str = ""
+    created: int = 0
+    usage: Usage = field(default_factory=Usage)
+    ttft: float | None = None
+    generated: int = 0  # tokens received so far, over all choices
+    started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self.id = self.id or new_id("chatcmpl" if self.kind == "chat" else "cmpl")
+        self.created = self.created or int(time.time())
+        self.usage = Usage(prompt_tokens=self.prompt_tokens)
+
+    @property
+    def endpoint(self) -> str:
+        return "/v1/chat/completions" if self.kind == "chat" else "/v1/completions"
+
+    @property
+    def token_estimate(self) -> int:
+        """Tokens to reserve against a rate limit: prompt + max_tokens per choice (max_tokens
+        unset: the rest of a slot's context)."""
+        per_choice = self.max_tokens if self.max_tokens is not None else \
+            max(0, int(getattr(self.engine, "slot_ctx", 0)) - self.prompt_tokens // max(1, len(self.requests)))
+        return self.prompt_tokens + per_choice * len(self.requests)
+
+    def metadata(self) -> dict:
+        """The spec's `metadata`. OpenAI's response schema has a `metadata` map of strings
+        (stored-completion tags) under the same name; the spec's numeric shape wins here."""
+        return {"request_id": self.request_id,
+                "processing_time_ms": round((time.perf_counter() - self.started) * 1000),
+                "model_version": self.model_version or self.model}
+
+    def _account(self, d: Delta) -> None:
+        if d.ttft is not None and self.ttft is None:
+            self.ttft = d.ttft
+        if d.usage is not None:  # the final delta of one choice
+            self.usage.completion_tokens += d.usage.completion_tokens
+            self.usage.cached_tokens = max(self.usage.cached_tokens, d.usage.cached_tokens)
+        self.generated += len(d.token_ids)
+
+    @property
+    def completion_tokens_so_far(self) -> int:
+        """Generated tokens, counted from deltas too (for a stream that ended early)."""
+        return max(self.usage.completion_tokens, self.generated)
+
+    def _streams(self) -> AsyncIterator[tuple[int, Delta]]:
+        return _merge([self.engine.generate(r) for r in self.requests])
+
+    # -- non-streaming ------------------------------------------------------------
+    async def run(self) -> dict:
+        texts = [""] * len(self.requests)
+        lps: list[list[TokenLogprob]] = [[] for _ in self.requests]
+        reasons: list[str] = ["stop"] * len(self.requests)
+        async for i, d in self._streams():
+            self._account(d)
+            texts[i] += d.text
+            if d.logprobs:
+                lps[i].extend(d.logprobs)
+            if d.finish_reason is not None:
+                reasons[i] = d.finish_reason
+        choices = [self._choice(i, texts[i], lps[i], reasons[i]) for i in range(len(texts))]
+        obj = "chat.completion" if self.kind == "chat" else "text_completion"
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "system_fingerprint": None, "choices": choices,
+                "usage": _usage_dict(self.usage), "metadata": self.metadata()}
+
+    def _choice(self, i: int, text: str, lps: list[TokenLogprob], reason: str) -> dict:
+        if self.kind == "completion":
+            prefix = self.echo_texts[i] if self.echo_texts else ""
+            return {"text": prefix + text, "index": i,
+                    "logprobs": _logprobs_text(lps, len(prefix)) if self.want_logprobs else None,
+                    "finish_reason": reason}
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        if self.tool_family:
+            parser = ToolCallParser(self.tool_family)
+            parser.feed(text)
+            content, calls = parser.finish()
+            message["content"] = content or None
+            if calls:
+                reason = "tool_calls"
+                message["tool_calls"] = [
+                    {"id": c.id, "type": "function",
+                     "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+        if self.legacy_functions:  # the spec's shape: function_call (null when none)
+            tc = message.pop("tool_calls", None)
+            message["function_call"] = tc[0]["function"] if tc else None
+            if tc:
+                reason = "function_call"
+        return {"index": i, "message": message,
+                "logprobs": {"content": _logprobs_chat(lps), "refusal": None}
+                if self.want_logprobs else None,
+                "finish_reason": reason}
+
+    # -- streaming ------------------------------------------------------------------
+    def _chunk(self, choices: list[dict]) -> dict:
+        obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+        out = {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+               "system_fingerprint": None, "choices": choices}
+        if self.include_usage:
+            out["usage"] = None
+        return out
+
+    async def stream(self) -> AsyncIterator[dict]:
+        """Chunk dicts as OpenAI streams them (the caller frames them as SSE and adds
+        `[DONE]`); with stream_options.include_usage a last chunk with `usage` and no choices.
+        Nothing is yielded before the engine has admitted the request and produced its first
+        token, so admission errors (queue full, context length) surface before any chunk."""
+        async with contextlib.aclosing(self._streams()) as deltas:
+            item = await anext(deltas, None)
+            async for chunk in self._opening():
+                yield chunk
+            n = len(self.requests)
+            parsers = [ToolCallParser(self.tool_family) if self.tool_family else None
+                       for _ in range(n)]
+            n_calls = [0] * n
+            while item is not None:
+                i, d = item
+                self._account(d)
+                if self.kind == "completion":
+                    if d.text or d.finish_reason:
+                        yield self._chunk([{
+                            "text": d.text, "index": i,
+                            "logprobs": _logprobs_text(d.logprobs or [], 0)
+                            if self.want_logprobs else None,
+                            "finish_reason": d.finish_reason}])
+                else:
+                    for chunk in self._chat_chunks(i, d, parsers[i], n_calls):
+                        yield chunk
+                item = await anext(deltas, None)
+        if self.include_usage:
+            last = self._chunk([])
+            last["usage"] = _usage_dict(self.usage)
+            last["metadata"] = self.metadata()
+            yield last
+
+    async def _opening(self) -> AsyncIterator[dict]:
+        """The chunks before the first token: the assistant role (chat), or the echoed prompt."""
+        n = len(self.requests)
+        if self.kind == "chat":
+            yield self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
+                                "logprobs": None, "finish_reason": None} for i in range(n)])
+        elif self.echo_texts:
+            yield self._chunk([{"text": self.echo_texts[i], "index": i, "logprobs": None,
+                                "finish_reason": None} for i in range(n)])
+
+    def _chat_chunks(self, i: int, d: Delta, parser: ToolCallParser | None,
+                     n_calls: list[int]) -> list[dict]:
+        out = []
+        text, calls = d.text, []
+        if parser is not None:
+            text, calls = parser.feed(d.text)
+            if d.finish_reason is not None:
+                rest, _ = parser.finish()
+                text += rest
+                calls += self._final_calls(parser, n_calls[i] + len(calls))
+        n_calls[i] += len(calls)
+        if text or (self.want_logprobs and d.logprobs):
+            out.append(self._chunk([{
+                "index": i, "delta": {"content": text},
+                "logprobs": {"content": _logprobs_chat(d.logprobs or []), "refusal": None}
+                if self.want_logprobs else None,
+                "finish_reason": None}]))
+        for c in calls:
+            delta = {"function_call": c["function"]} if self.legacy_functions else \
+                {"tool_calls": [c]}
+            out.append(self._chunk([{"index": i, "delta": delta, "logprobs": None,
+                                     "finish_reason": None}]))
+        if d.finish_reason is not None:
+            reason = d.finish_reason
+            if n_calls[i]:
+                reason = "function_call" if self.legacy_functions else "tool_calls"
+            out.append(self._chunk([{"index": i, "delta": {}, "logprobs": None,
+                                     "finish_reason": reason}]))
+        return out
+
+    @staticmethod
+    def _final_calls(parser: ToolCallParser, already: int) -> list[dict]:
+        """Tool calls that only `finish()` completed, as deltas."""
+        return [{"index": k, "id": c.id, "type": "function",
+                 "function": {"name": c.name, "arguments": c.arguments}}
+                for k, c in enumerate(parser.calls) if k >= already]
+
+
+# ----------------------------------------------------------------------------- prepare
+def _choices(body: dict) -> int:
+    n = _number(body, "n", 1, MAX_N, 1, integer=True)
+    best_of = _number(body, "best_of", 1, MAX_N, None, integer=True)
+    if best_of is not None and best_of != n:
+        raise _bad("'best_of' other than 'n' is not supported", "best_of")
+    return n
+
+
+def _requests(prompt: list[int], params: SamplingParams, n: int, *, priority: Priority,
+              request_id: str, param: str) -> list[GenerationRequest]:
+    out = []
+    for i in range(n):
+        p = params if i == 0 else SamplingParams(**{**params.__dict__, "seed": (
+            params.seed + i if params.seed is not None else None)})
+        out.append(GenerationRequest(prompt=list(prompt), params=p, priority=priority,
+                                     request_id=request_id, prompt_param=param))
+    return out
+
+
+async def prepare_chat(pool, body: dict, *, priority: Priority = Priority.INTERACTIVE,
+                       request_id: str, model_version: str | None = None) -> Call:
+    model = _model_id(body)
+    messages = _require(body, "messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise _bad(_ROLES_HINT, "messages")
+    stream, include_usage = _stream_flags(body)
+    n = _choices(body)
+    max_tokens = _number(body, "max_completion_tokens", 1, None, None, integer=True)
+    if max_tokens is None:
+        max_tokens = _number(body, "max_tokens", 1, None, None, integer=True)
+    want_lp = _bool(body, "logprobs")
+    top = _number(body, "top_logprobs", 0, 20, None, integer=True)
+    if top is not None and not want_lp:
+        raise _bad("'top_logprobs' requires 'logprobs': true", "top_logprobs")
+    params = _sampling(body, max_tokens=max_tokens, logprobs=(top or 0) if want_lp else None)
+    tools, functions = body.get("tools"), body.get("functions")
+    for name, v in (("tools", tools), ("functions", functions)):
+        if v is not None and (not isinstance(v, list) or not all(isinstance(t, dict) for t in v)):
+            raise _bad(f"Invalid '{name}': must be an array of objects", name)
+    rf = body.get("response_format")
+    if rf is not None and not isinstance(rf, dict):
+        raise _bad("Invalid 'response_format': must be an object", "response_format")
+    engine = await pool.get(model)
+    prompt = engine.render_chat(messages, tools=tools or None,
+                                tool_choice=body.get("tool_choice"), response_format=rf,
+                                functions=functions or None, function_call=body.get("function_call"))
+    if prompt.grammar:
+        params.grammar = prompt.grammar
+    tokens = engine.tokenize(prompt.prompt, add_special=False, parse_special=True)
+    return Call(kind="chat", engine=engine, model=engine.model_id,
+                requests=_requests(tokens, params, n, priority=priority, request_id=request_id,
+                                   param="messages"),
+                prompt_tokens=len(tokens), max_tokens=max_tokens, request_id=request_id,
+                streaming=stream, include_usage=include_usage, model_version=model_version,
+                tool_family=prompt.extra.get("tool_family", "hermes") if prompt.parse_tools else None,
+                legacy_functions=bool(functions) and not tools, want_logprobs=want_lp)
+
+
+def _prompts(body: dict) -> list[str | list[int]]:
+    p = _require(body, "prompt")
+    if isinstance(p, str):
+        return [p]
+    if isinstance(p, list) and p:
+        if all(isinstance(x, str) for x in p):
+            return list(p)
+        if all(isinstance(x, int) and not isinstance(x, bool) for x in p):
+            return [list(p)]
+        if all(isinstance(x, list) and x and all(isinstance(t, int) for t in x) for x in p):
+            return [list(x) for x in p]
+    raise _bad("Invalid 'prompt': a string, an array of strings, an array of token ids or an "
+               "array of token-id arrays", "prompt")
+
+
+async def prepare_completion(pool, body: dict, *, priority: Priority = Priority.INTERACTIVE,
+                             request_id: str, model_version: str | None = None) -> Call:
+    model = _model_id(body)
+    prompts = _prompts(body)
+    stream, include_usage = _stream_flags(body)
+    n = _choices(body)
+    if body.get("suffix"):
+        raise _bad("'suffix' (fill-in-the-middle) is not supported", "suffix")
+    max_tokens = _number(body, "max_tokens", 1, None, 16, integer=True)  # OpenAI's default: 16
+    lp = _number(body, "logprobs", 0, 20, None, integer=True)
+    params = _sampling(body, max_tokens=max_tokens, logprobs=lp)
+    echo = _bool(body, "echo")
+    engine = await pool.get(model)
+    requests: list[GenerationRequest] = []
+    echo_texts: list[str] = []
+    prompt_tokens = 0
+    for p in prompts:
+        tokens = engine.tokenize(p, add_special=True) if isinstance(p, str) else p
+        prompt_tokens += len(tokens)
+        requests += _requests(tokens, params, n, priority=priority, request_id=request_id,
+                              param="prompt")
+        if echo:
+            echo_texts += [p if isinstance(p, str) else engine.detokenize(p)] * n
+    return Call(kind="completion", engine=engine, model=engine.model_id, requests=requests,
+                prompt_tokens=prompt_tokens, max_tokens=max_tokens, request_id=request_id,
+                streaming=stream, include_usage=include_usage, model_version=model_version,
+                echo_texts=echo_texts, want_logprobs=lp is not None)
+
+
+async def chat_completion(pool, body: dict, *, priority: Priority = Priority.INTERACTIVE,
+                          request_id: str) -> dict:
+    """A non-streaming chat completion body (the batch runner's entry point)."""
+    return await (await prepare_chat(pool, body, priority=priority, request_id=request_id)).run()
+
+
+async def completion(pool, body: dict, *, priority: Priority = Priority.INTERACTIVE,
+                     request_id: str) -> dict:
+    """A non-streaming text completion body (the batch runner's entry point)."""
+    return await (await prepare_completion(pool, body, priority=priority,
+                                           request_id=request_id)).run()
+
+
+async def chat_completion_stream(pool, body: dict, *, priority: Priority = Priority.INTERACTIVE,
+                                 request_id: str) -> AsyncIterator[dict]:
+    call = await prepare_chat(pool, body, priority=priority, request_id=request_id)
+    async for chunk in call.stream():
+        yield chunk
+
+
+async def completion_stream(pool, body: dict, *, priority: Priority = Priority.INTERACTIVE,
+                            request_id: str) -> AsyncIterator[dict]:
+    call = await prepare_completion(pool, body, priority=priority, request_id=request_id)
+    async for chunk in call.stream():
+        yield chunk

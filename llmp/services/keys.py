@@ -1,0 +1,214 @@
+"""API keys: creation (secret shown once), authentication, permissions, revocation, bootstrap.
+
+A key is `sk-` + 40 random base62 characters. Only its sha256 and a short display prefix
+(`sk-AbCd`) are stored. Permissions (the `admin` permission implies every other):
+
+    inference          POST /v1/completions, /v1/chat/completions
+    models.read        GET /v1/models, /v1/models/{id}
+    files.read         GET /v1/files, /v1/files/{id}, /v1/files/{id}/content
+    files.write        POST /v1/files, DELETE /v1/files/{id}
+    batches.read       GET /v1/batches, /v1/batches/{id}
+    batches.write      POST /v1/batches, /v1/batches/{id}/cancel
+    fine_tuning.read   GET /v1/fine-tuning/jobs...
+    fine_tuning.write  POST /v1/fine-tuning/jobs, .../cancel
+    moderation         POST /v1/moderations
+    usage.read         GET /v1/usage, /v1/usage/billing (own key; admin: every key)
+    webhooks           manage /v1/webhooks
+    admin              all of the above, plus /v1/auth/api-keys (key management)
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from llmp.db import keys as db_keys
+from llmp.errors import AuthenticationError, InvalidRequestError, NotFoundError
+from llmp.ids import new_id, random_base62
+from llmp.services import timefmt
+from llmp.services.limits import TIERS
+
+PERMISSIONS: dict[str, str] = {
+    "inference": "text and chat completions",
+    "models.read": "list and read models",
+    "files.read": "list, read and download files",
+    "files.write": "upload and delete files",
+    "batches.read": "list and read batches",
+    "batches.write": "create and cancel batches",
+    "fine_tuning.read": "list and read fine-tuning jobs",
+    "fine_tuning.write": "create and cancel fine-tuning jobs",
+    "moderation": "classify text",
+    "usage.read": "read usage and billing",
+    "webhooks": "manage webhooks",
+    "admin": "everything, including API key management",
+}
+ADMIN = "admin"
+DEFAULT_PERMISSIONS = ["inference", "models.read"]
+DEFAULT_TIER = "pro"
+SECRET_PREFIX = "sk-"
+_QUOTA_FIELDS = ("monthly_budget", "requests_per_month", "tokens_per_month")
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + random_base62(40)
+
+
+def has_permission(key: dict, permission: str) -> bool:
+    perms = key.get("permissions") or []
+    return ADMIN in perms or permission in perms
+
+
+def is_admin(key: dict) -> bool:
+    return ADMIN in (key.get("permissions") or [])
+
+
+def status(key: dict) -> str:
+    if key.get("revoked_at"):
+        return "revoked"
+    if key.get("expires_at") and key["expires_at"] <= timefmt.iso():
+        return "expired"
+    return "active"
+
+
+def public(key: dict) -> dict[str, Any]:
+    """A key as the API shows it (never the secret or its hash)."""
+    return {
+        "id": key["id"],
+        "object": "api_key",
+        "name": key["name"],
+        "prefix": key["prefix"],
+        "permissions": key["permissions"],
+        "tier": key["tier"],
+        "rate_limit": {"requests_per_minute": key.get("requests_per_minute"),
+                       "tokens_per_minute": key.get("tokens_per_minute")},
+        "limits": {f: key.get(f) for f in _QUOTA_FIELDS},
+        "status": status(key),
+        "created_at": timefmt.api_iso(key["created_at"]),
+        "expires_at": timefmt.api_iso(key.get("expires_at")),
+        "last_used_at": timefmt.api_iso(key.get("last_used_at")),
+        "revoked_at": timefmt.api_iso(key.get("revoked_at")),
+    }
+
+
+def _positive(value: Any, param: str, typ: type) -> Any:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    if typ is int:
+        ok = ok and float(value).is_integer()
+    if not ok:
+        raise InvalidRequestError(f"'{param}' must be a positive {'integer' if typ is int else 'number'}",
+                                  param=param, code="invalid_parameter")
+    return typ(value)
+
+
+def validate_create(body: dict) -> dict[str, Any]:
+    """Check a POST /v1/auth/api-keys body; returns the columns of the new key."""
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidRequestError("Missing required parameter 'name'", param="name",
+                                  code="missing_parameter")
+    perms = body.get("permissions", DEFAULT_PERMISSIONS)
+    if not isinstance(perms, list) or not perms or not all(isinstance(p, str) for p in perms):
+        raise InvalidRequestError("'permissions' must be a non-empty list of strings",
+                                  param="permissions", code="invalid_parameter")
+    unknown = [p for p in perms if p not in PERMISSIONS]
+    if unknown:
+        raise InvalidRequestError(
+            f"Unknown permission(s) {', '.join(unknown)}; known: {', '.join(PERMISSIONS)}",
+            param="permissions", code="invalid_parameter")
+    tier = body.get("tier") or ("enterprise" if ADMIN in perms else DEFAULT_TIER)
+    if tier not in TIERS:
+        raise InvalidRequestError(f"'tier' must be one of {', '.join(TIERS)}", param="tier",
+                                  code="invalid_parameter")
+    cols: dict[str, Any] = {"name": name.strip(), "permissions": list(dict.fromkeys(perms)),
+                            "tier": tier}
+    rate = body.get("rate_limit") or {}
+    if not isinstance(rate, dict):
+        raise InvalidRequestError("'rate_limit' must be an object", param="rate_limit",
+                                  code="invalid_parameter")
+    for f in ("requests_per_minute", "tokens_per_minute"):
+        if rate.get(f) is not None:
+            cols[f] = _positive(rate[f], f"rate_limit.{f}", int)
+    limits = body.get("limits") or {}
+    if not isinstance(limits, dict):
+        raise InvalidRequestError("'limits' must be an object", param="limits",
+                                  code="invalid_parameter")
+    for f in _QUOTA_FIELDS:
+        if limits.get(f) is not None:
+            cols[f] = _positive(limits[f], f"limits.{f}", float if f == "monthly_budget" else int)
+    if body.get("expires_at") is not None:
+        t = timefmt.parse(body["expires_at"], param="expires_at")
+        if t <= timefmt.now():
+            raise InvalidRequestError("'expires_at' is in the past", param="expires_at",
+                                      code="invalid_parameter")
+        cols["expires_at"] = timefmt.iso(t)
+    return cols
+
+
+def create(db, body: dict) -> dict[str, Any]:
+    """Create a key from an API body; the result carries the secret as `api_key` (shown once)."""
+    cols = validate_create(body)
+    secret = new_secret()
+    rec = db_keys.insert(db, {"id": new_id("key"), "key_hash": hash_secret(secret),
+                              "prefix": secret[:7], "created_at": timefmt.iso(), **cols})
+    return {**public(rec), "api_key": secret}
+
+
+def list_keys(db) -> list[dict]:
+    return [public(k) for k in db_keys.list_all(db)]
+
+
+def revoke(db, key_id: str) -> dict:
+    if db_keys.by_id(db, key_id) is None:
+        raise NotFoundError(f"No API key '{key_id}'", param="key_id", code="key_not_found")
+    db_keys.revoke(db, key_id, timefmt.iso())
+    return public(db_keys.by_id(db, key_id))
+
+
+def authenticate(db, secret: str | None) -> dict:
+    """The key record for a secret; AuthenticationError when missing/invalid/expired/revoked."""
+    if not secret:
+        raise AuthenticationError(
+            "Missing API key: send 'Authorization: Bearer sk-...'", code="missing_api_key")
+    key = db_keys.by_hash(db, hash_secret(secret))
+    if key is None:
+        raise AuthenticationError("Invalid API key", code="invalid_api_key")
+    st = status(key)
+    if st == "revoked":
+        raise AuthenticationError("This API key has been revoked", code="api_key_revoked")
+    if st == "expired":
+        raise AuthenticationError("This API key has expired", code="api_key_expired")
+    now = timefmt.iso()
+    if (key.get("last_used_at") or "")[:19] != now[:19]:  # at most one write per key per second
+        db_keys.touch(db, key["id"], now)
+        key["last_used_at"] = now
+    return key
+
+
+def ensure_admin(db, settings) -> str | None:
+    """Bootstrap the admin key. `settings.admin_key` (LLMP_ADMIN_KEY) is registered when set;
+    otherwise the key saved at `settings.admin_key_path` is kept, or a new one is made and
+    saved there (mode 0600). Returns the secret only when it was just made (print it once)."""
+    if settings.admin_key:
+        if db_keys.by_hash(db, hash_secret(settings.admin_key)) is None:
+            db_keys.insert(db, {"id": new_id("key"), "name": "admin (LLMP_ADMIN_KEY)",
+                                "key_hash": hash_secret(settings.admin_key),
+                                "prefix": settings.admin_key[:7], "permissions": [ADMIN],
+                                "tier": "enterprise", "created_at": timefmt.iso()})
+        return None
+    path: Path = settings.admin_key_path
+    if path.exists():
+        key = db_keys.by_hash(db, hash_secret(path.read_text().strip()))
+        if key is not None and status(key) == "active" and is_admin(key):
+            return None
+    secret = create(db, {"name": "admin", "permissions": [ADMIN]})["api_key"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    os.chmod(path, 0o600)
+    return secret
