@@ -178,3 +178,20 @@ def server(tiny_model_path, tmp_path_factory):
     your own keys with `server.make_key(...)` so tests do not share rate-limit state."""
     with start_server(tmp_path_factory.mktemp("server-home"), tiny_model_path) as srv:
         yield srv
+
+
+@pytest.fixture
+def llama_generate():
+    """Load a GGUF with llama-cpp-python and generate a few tokens greedily (EOS suppressed,
+    since random weights may pick it first); returns the text."""
+    import llama_cpp
+
+    def generate(path, prompt: str = "The weather is", max_tokens: int = 8) -> str:
+        llm = llama_cpp.Llama(str(path), n_ctx=128, verbose=False)
+        out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0,
+                                    logit_bias={llm.token_eos(): -100.0})
+        assert out["choices"][0]["finish_reason"] == "length"
+        assert out["choices"][0]["text"]
+        return out["choices"][0]["text"]
+
+    return generate

@@ -23,8 +23,21 @@ def _llama_cpp() -> dict[str, Any]:
     return {
         "version": getattr(llama_cpp, "__version__", None) or metadata.version("llama-cpp-python"),
         "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
-        "system_info": llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip(" |"),
+        # "CPU : SSE3 = 1 | AVX = 1 | ..." -> "CPU: SSE3 AVX ..." (the features that are on)
+        "system_info": _features(llama_cpp.llama_print_system_info().decode("utf-8", "replace")),
     }
+
+
+def _features(info: str) -> str:
+    out: list[str] = []
+    for item in info.split("|"):
+        key, _, value = (x.strip() for x in item.partition("="))
+        if " : " in item:  # a backend name opens a group: "CPU : SSE3 = 1"
+            backend, _, key = (x.strip() for x in key.partition(":"))
+            out.append(f"{backend}:")
+        if key and value not in ("0", ""):
+            out.append(key if value == "1" else f"{key}={value}")
+    return " ".join(out)
 
 
 def _devices() -> list[str]:

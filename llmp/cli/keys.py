@@ -53,12 +53,11 @@ def list_(json_out: JsonOpt = False) -> None:
     if json_out:
         print_json(keys)
         return
-    table = Table("id", "name", "prefix", "permissions", "tier", "status", "created", "last used",
-                  "expires")
+    table = Table("name", "prefix", "permissions", "tier", "status", "last used", "expires")
+    table.add_column("id", no_wrap=True)
     for k in keys:
-        table.add_row(k["id"], k["name"], k["prefix"] + "...", ", ".join(k["permissions"]),
-                      k["tier"], k["status"], k["created_at"] or "-", k["last_used_at"] or "-",
-                      k["expires_at"] or "-")
+        table.add_row(k["name"], k["prefix"] + "...", ", ".join(k["permissions"]), k["tier"],
+                      k["status"], k["last_used_at"] or "-", k["expires_at"] or "-", k["id"])
     console.print(table)
 
 

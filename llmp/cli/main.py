@@ -17,6 +17,9 @@ from llmp.cli import chat as chat_cmd
 from llmp.cli import keys as keys_cmd
 from llmp.cli import serve as serve_cmd
 from llmp.cli import usage as usage_cmd
+from llmp.cli import batch as batch_cmd
+from llmp.cli import files as files_cmd
+from llmp.cli import webhooks as webhooks_cmd
 from rich.markup import escape
 
 from llmp.cli.ui import err_console
@@ -53,6 +56,9 @@ app.command("serve")(serve_cmd.serve)
 app.command("chat")(chat_cmd.chat)
 app.add_typer(keys_cmd.app, name="keys")
 app.command("usage")(usage_cmd.usage)
+app.add_typer(files_cmd.app, name="files")
+app.add_typer(batch_cmd.app, name="batch")
+app.add_typer(webhooks_cmd.app, name="webhooks")
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -60,12 +66,18 @@ def run(argv: list[str] | None = None) -> None:
     cmd = typer.main.get_command(app)
     try:
         rv = cmd.main(args=argv, prog_name="llmp", standalone_mode=False)
-    except click.exceptions.Exit as e:
+    except (click.exceptions.Exit, typer.Exit) as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except typer.TyperException as e:  # typer >= 0.2x raises its own vendored click's errors
+        if hasattr(e, "show"):
+            e.show()
+        else:
+            err_console.print(f"[red]Error:[/red] {escape(e.format_message())}")
+        sys.exit(e.exit_code)
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         err_console.print("[red]Aborted.[/red]")
         sys.exit(130)
     except LlmpError as e:

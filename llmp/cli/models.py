@@ -41,7 +41,11 @@ def _open():
 @contextlib.contextmanager
 def _progress(*columns: ProgressColumn) -> Iterator[Callable[[str, int, Optional[int]], None]]:
     """A transient rich progress bar on stderr, shown from the first update on (so a command
-    that fails before any progress prints nothing but its error line)."""
+    that fails before any progress prints nothing but its error line); nothing when stderr
+    is not a terminal (scripts, CI logs)."""
+    if not err_console.is_terminal:
+        yield lambda description, done, total: None
+        return
     bar = Progress(TextColumn("{task.description}"), *columns, console=err_console,
                    transient=True)
     task: TaskID | None = None
@@ -134,14 +138,13 @@ def list_(
         return
     table = Table(box=None, header_style="bold")
     table.add_column("ID", no_wrap=True)
-    for col in ("CATEGORY", "SIZE", "PARAMS", "QUANT", "CONTEXT", "FILE", "PROVIDER", "PRICE/1K"):
+    for col in ("CATEGORY", "SIZE", "PARAMS", "QUANT", "CONTEXT", "FILE", "PROVIDER"):
         table.add_column(col, no_wrap=True,
                          justify="right" if col in ("PARAMS", "CONTEXT", "FILE") else "left")
     for r in records:
         table.add_row(r["id"], r["category"], r["size_class"], human_params(r["parameters"]),
                       r["quantization"], str(r["context_length"]), human_bytes(r["size_bytes"]),
-                      r["provider"],
-                      f"{r['price_input']:g}/{r['price_output']:g}")
+                      r["provider"])
     console.print(table)
 
 

@@ -31,7 +31,7 @@ def get(db: Database, file_id: str, *, owner: str | None = None) -> dict | None:
 def page(db: Database, *, owner: str | None = None, purpose: str | None = None,
          after: str | None = None, limit: int = 20, order: str = "desc") -> tuple[list[dict], bool]:
     """One page of files, newest first (`order="desc"`) or oldest first; `after` is the id of
-    the last file of the previous page. Returns (rows, has_more)."""
+    the last file of the previous page (an unknown id: from the start). Returns (rows, has_more)."""
     where, args = _scope(owner)
     if purpose:
         where.append("purpose = ?")
@@ -54,21 +54,18 @@ def _scope(owner: str | None) -> tuple[list[str], list[Any]]:
 
 
 def paginate(db: Database, table: str, where: list[str], args: list[Any], *, after: str | None,
-          limit: int, order: str) -> tuple[list[dict], bool]:
-    """Cursor pagination over (created_at, id), shared by this package's tables that have
-    OpenAI-style lists (files, batches, webhook deliveries).
-    `table` is one of this package's own table names, never user input."""
+             limit: int, order: str) -> tuple[list[dict], bool]:
+    """Cursor pagination in insertion order (rowid: creation order, finer than the
+    second-resolution `created_at`), shared by this package's tables that have OpenAI-style
+    lists (files, batches, webhook deliveries). `table` is one of this package's own table
+    names, never user input. Returns (rows, has_more)."""
     desc = order != "asc"
-    cmp = "<" if desc else ">"
     where, args = list(where), list(args)
     if after:
-        cursor = list(db.query(f"select created_at, id from {table} where id = ?", [after]))
-        if cursor:
-            c = cursor[0]
-            where.append(f"(created_at {cmp} ? or (created_at = ? and id {cmp} ?))")
-            args += [c["created_at"], c["created_at"], c["id"]]
-    direction = "desc" if desc else "asc"
+        where.append(f"rowid {'<' if desc else '>'} "
+                     f"coalesce((select rowid from {table} where id = ?), {'-1' if not desc else '1e18'})")
+        args.append(after)
     sql = (f"select * from {table}" + (" where " + " and ".join(where) if where else "")
-           + f" order by created_at {direction}, id {direction} limit ?")
+           + f" order by rowid {'desc' if desc else 'asc'} limit ?")
     rows = list(db.query(sql, args + [limit + 1]))
     return rows[:limit], len(rows) > limit

@@ -25,6 +25,7 @@ import contextlib
 import errno
 import functools
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -160,6 +161,11 @@ def _hub_errors(repo: str, revision: str | None, endpoint: str) -> Iterator[None
                                         RemoteEntryNotFoundError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
 
+    hf_logger = logging.getLogger("huggingface_hub")
+    level = hf_logger.level
+    # its retry warnings ("Trying to resume download...") would break the progress display;
+    # what fails in the end is reported once, below
+    hf_logger.setLevel(logging.ERROR)
     try:
         yield
     except LlmpError:
@@ -182,16 +188,18 @@ def _hub_errors(repo: str, revision: str | None, endpoint: str) -> Iterator[None
         if status in (401, 403):
             raise ModelError(f"the hub refused access to {repo} (HTTP {status}): set HF_TOKEN "
                              "to a token that can read it") from None
-        raise ModelError(f"the hub answered HTTP {status} for {repo}: {_first_line(e)}; "
-                         "run the command again to resume") from None
+        raise ModelError(f"the hub answered HTTP {status} for {repo}; run the command again "
+                         "to resume") from None
     except httpx2.HTTPError as e:
         raise ModelError(f"connection to {endpoint} failed ({_first_line(e) or type(e).__name__}); "
-                         "run the command again to resume") from None
+                         "run the command again (a download resumes where it stopped)") from None
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise ModelError(f"disk full while downloading {repo}") from None
         raise ModelError(f"download of {repo} failed: {_first_line(e)}; run the command "
                          "again to resume") from None
+    finally:
+        hf_logger.setLevel(level)
 
 
 def _first_line(e: BaseException) -> str:

@@ -25,12 +25,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+from llmp import __version__
 from llmp.engine.tools import ToolCallParser
 from llmp.engine.types import (Delta, GenerationRequest, Priority, SamplingParams, TokenLogprob,
                                Usage)
 from llmp.errors import InvalidRequestError
 from llmp.ids import new_id
 
+#: identifies the serving software in every response (OpenAI's `system_fingerprint`)
+SYSTEM_FINGERPRINT = f"llmp-{__version__}"
 MAX_N = 16
 MAX_STOP = 16
 _ROLES_HINT = "messages must be a non-empty array of {role, content} objects"
@@ -275,7 +278,7 @@ class Call:
         choices = [self._choice(i, texts[i], lps[i], reasons[i]) for i in range(len(texts))]
         obj = "chat.completion" if self.kind == "chat" else "text_completion"
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
-                "system_fingerprint": None, "choices": choices,
+                "system_fingerprint": SYSTEM_FINGERPRINT, "choices": choices,
                 "usage": _usage_dict(self.usage), "metadata": self.metadata()}
 
     def _choice(self, i: int, text: str, lps: list[TokenLogprob], reason: str) -> dict:
@@ -308,11 +311,8 @@ class Call:
     # -- streaming ------------------------------------------------------------------
     def _chunk(self, choices: list[dict]) -> dict:
         obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
-        out = {"id": self.id, "object": obj, "created": self.created, "model": self.model,
-               "system_fingerprint": None, "choices": choices}
-        if self.include_usage:
-            out["usage"] = None
-        return out
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "system_fingerprint": SYSTEM_FINGERPRINT, "choices": choices}
 
     async def stream(self) -> AsyncIterator[dict]:
         """Chunk dicts as OpenAI streams them (the caller frames them as SSE and adds

@@ -201,9 +201,11 @@ def _enqueue(db: Database, endpoints: list[dict], event: str, data: dict) -> str
 
 def emit(db: Database, event: str, data: dict, *, key_id: str | None = None) -> str:
     """Report `event` (one of EVENTS) with its `data` object; `key_id` is the key the event
-    belongs to (see the module doc). Callable from any thread. Returns the event id."""
+    belongs to (see the module doc; default: `data["key_id"]`, as usage.limit.reached
+    carries it). Returns the event id."""
     if event not in EVENTS:
         raise ValueError(f"unknown webhook event {event!r}")
+    key_id = key_id or data.get("key_id")
     return _enqueue(db, webhooks_db.subscribers(db, event, key_id=key_id), event, data)
 
 

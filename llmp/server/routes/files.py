@@ -91,9 +91,8 @@ async def delete(request: web.Request) -> web.Response:
 async def content(request: web.Request) -> web.StreamResponse:
     files = store(request.app)
     row = files.row(request.match_info["file_id"], request["key"])
-    ctype = "application/jsonl" if row["filename"].endswith(".jsonl") else "application/octet-stream"
     return web.FileResponse(files.path(row), headers={
-        "Content-Type": ctype,
+        "Content-Type": "application/octet-stream",  # as OpenAI serves file content
         "Content-Disposition": 'attachment; filename="%s"' % row["filename"].replace('"', "")})
 
 

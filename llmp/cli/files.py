@@ -1,0 +1,98 @@
+"""`llmp files upload|list|show|download|rm`: /v1/files through the running server."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from llmp.cli.ui import JsonOpt, console, human_bytes, print_json
+from llmp.client import Client
+from llmp.errors import InvalidRequestError
+from llmp.services.files import PURPOSES, UPLOAD_PURPOSES
+
+app = typer.Typer(help="Upload, list, show, download and delete files (batch inputs, results, "
+                  "fine-tuning data).", no_args_is_help=True)
+
+
+def when(ts: int | None) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def upload_file(client: Client, path: Path, purpose: str) -> dict:
+    if not path.is_file():
+        raise InvalidRequestError(f"no such file: {path}")
+    return client.request("POST", "/v1/files", files={"purpose": purpose,
+                                                      "file": (path.name, path.read_bytes())})
+
+
+@app.command()
+def upload(
+    path: Annotated[Path, typer.Argument(help="The file to upload.")],
+    purpose: Annotated[str, typer.Option(help=f"One of: {', '.join(UPLOAD_PURPOSES)}.")] = "batch",
+    json_out: JsonOpt = False,
+) -> None:
+    """Upload a file; prints its id."""
+    f = upload_file(Client(), path, purpose)
+    if json_out:
+        print_json(f)
+        return
+    console.print(f"Uploaded [bold]{f['id']}[/bold] ({f['filename']}, {human_bytes(f['bytes'])}, "
+                  f"purpose {f['purpose']}, sha256 {f['sha256'][:12]}...)")
+
+
+@app.command("list")
+def list_(
+    purpose: Annotated[Optional[str], typer.Option(help=f"Only this purpose: {', '.join(PURPOSES)}.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (newest first).")] = 100,
+    json_out: JsonOpt = False,
+) -> None:
+    """List files, newest first."""
+    files = Client().request("GET", "/v1/files", params={"purpose": purpose, "limit": limit})["data"]
+    if json_out:
+        print_json(files)
+        return
+    table = Table("id", "filename", "purpose", "size", "created", "status")
+    for f in files:
+        table.add_row(f["id"], f["filename"], f["purpose"], human_bytes(f["bytes"]),
+                      when(f["created_at"]), f["status"])
+    console.print(table)
+
+
+@app.command()
+def show(file_id: Annotated[str, typer.Argument(help="The file's id (file_...).")],
+         json_out: JsonOpt = False) -> None:
+    """Show a file's details."""
+    f = Client().request("GET", f"/v1/files/{file_id}")
+    if json_out:
+        print_json(f)
+        return
+    for k in ("id", "filename", "purpose", "bytes", "sha256", "status", "created_at"):
+        v = when(f[k]) if k == "created_at" else f[k]
+        console.print(f"[bold]{k}[/bold]: {v}")
+
+
+@app.command()
+def download(
+    file_id: Annotated[str, typer.Argument(help="The file's id (file_...).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write it "
+                                                   "(default: its filename; '-' for stdout).")] = None,
+) -> None:
+    """Download a file's content."""
+    client = Client()
+    data = client.request("GET", f"/v1/files/{file_id}/content")
+    if str(output) == "-":
+        typer.echo(data.decode("utf-8", "replace"), nl=False)
+        return
+    dest = output or Path(client.request("GET", f"/v1/files/{file_id}")["filename"])
+    dest.write_bytes(data)
+    console.print(f"Wrote {dest} ({human_bytes(len(data))})")
+
+
+@app.command()
+def rm(file_id: Annotated[str, typer.Argument(help="The file's id (file_...).")]) -> None:
+    """Delete a file."""
+    Client().request("DELETE", f"/v1/files/{file_id}")
+    console.print(f"Deleted {file_id}.")

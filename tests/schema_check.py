@@ -1,0 +1,38 @@
+"""Validate llmp's files/batches bodies against OpenAI's component schemas.
+
+OpenAI's published schemas type optional fields as plain strings/integers, yet OpenAI's API
+(and llmp's spec, e.g. `"output_file_id": null`, `"status_details": null`) sends null for an
+optional field that has no value; so an optional property also accepts null here. Required
+properties are checked exactly as published.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import jsonschema
+
+_RAW = json.loads((Path(__file__).parent / "data" / "openai_batch_schemas.json").read_text())
+
+
+def _nullable_optionals(node):
+    if isinstance(node, dict):
+        out = {k: _nullable_optionals(v) for k, v in node.items()}
+        props = out.get("properties")
+        if isinstance(props, dict) and out.get("type", "object") == "object":
+            required = set(out.get("required", []))
+            out["properties"] = {k: v if k in required else {"anyOf": [v, {"type": "null"}]}
+                                 for k, v in props.items()}
+        return out
+    if isinstance(node, list):
+        return [_nullable_optionals(v) for v in node]
+    return node
+
+
+SCHEMAS = _nullable_optionals(copy.deepcopy(_RAW))
+
+
+def check(body: dict, schema: str) -> None:
+    jsonschema.validate(body, {"$ref": f"#/components/schemas/{schema}", **SCHEMAS},
+                        cls=jsonschema.Draft202012Validator)

@@ -1,0 +1,282 @@
+"""/v1/batches end to end with the official openai client on the tiny model: results, the
+life cycle, invalid-line reports, cancel mid-run, expiry, per-key visibility, and a server
+killed with SIGKILL mid-batch that resumes with every custom_id answered exactly once."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import openai
+import pytest
+
+from schema_check import check
+
+CHAT = "/v1/chat/completions"
+FINAL = ("completed", "failed", "expired", "cancelled")
+
+
+def line(i: int, *, url: str = CHAT, max_tokens: int = 8, **body) -> dict:
+    if url == CHAT:
+        b = {"model": "tiny", "messages": [{"role": "user", "content": f"Question {i}?"}]}
+    else:
+        b = {"model": "tiny", "prompt": f"Prompt {i}"}
+    return {"custom_id": f"req-{i}", "method": "POST", "url": url,
+            "body": {**b, "max_tokens": max_tokens, "ignore_eos": True, **body}}
+
+
+def jsonl(lines: list) -> bytes:
+    return b"".join((x if isinstance(x, str) else json.dumps(x)).encode() + b"\n" for x in lines)
+
+
+def submit(client, lines: list, *, endpoint: str = CHAT, window: str = "24h", **kw):
+    f = client.files.create(file=("in.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
+    return client.batches.create(input_file_id=f.id, endpoint=endpoint,
+                                 completion_window=window, **kw)
+
+
+def wait(client, batch_id: str, until=lambda b: b.status in FINAL, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        b = client.batches.retrieve(batch_id)
+        if until(b):
+            return b
+        time.sleep(0.05)
+    raise AssertionError(f"batch {batch_id} still {b.status}: {b.request_counts}")
+
+
+def results(client, file_id: str | None) -> list[dict]:
+    if file_id is None:
+        return []
+    return [json.loads(x) for x in client.files.content(file_id).read().splitlines()]
+
+
+def test_batch_round_trip_with_openai_client(server):
+    client = server.openai()
+    b = submit(client, [line(i) for i in range(12)], metadata={"job": "nightly"})
+    assert b.status == "validating" and b.id.startswith("batch_")
+    check(b.model_dump(), "Batch")
+    done = wait(client, b.id)
+    body = done.model_dump()
+    check(body, "Batch")
+    assert done.status == "completed", body
+    assert done.request_counts.model_dump() == {"total": 12, "completed": 12, "failed": 0}
+    assert done.metadata == {"job": "nightly"} and done.error_file_id is None
+    assert done.created_at <= done.in_progress_at <= done.finalizing_at <= done.completed_at
+    assert done.expires_at == done.created_at + 86400
+    assert body["usage"]["output_tokens"] == 12 * 8
+    out = results(client, done.output_file_id)
+    assert sorted(r["custom_id"] for r in out) == sorted(f"req-{i}" for i in range(12))
+    assert [r["custom_id"] for r in out] == [f"req-{i}" for i in range(12)]  # input order
+    for r in out:
+        assert r["error"] is None and r["id"].startswith("batch_req_")
+        assert r["response"]["status_code"] == 200
+        assert r["response"]["request_id"].startswith("req_")
+        assert r["response"]["body"]["object"] == "chat.completion"
+        assert r["response"]["body"]["usage"]["completion_tokens"] == 8
+    f = client.files.retrieve(done.output_file_id)
+    assert f.purpose == "batch_output" and f.bytes > 0
+
+    page = client.batches.list(limit=1)
+    raw = page.model_dump()
+    check({k: raw[k] for k in ("object", "data", "first_id", "last_id", "has_more")},
+          "ListBatchesResponse")
+    assert page.data[0].id == b.id
+
+
+def test_completions_batch_with_a_failing_line(server):
+    client = server.openai()
+    lines = [line(i, url="/v1/completions") for i in range(4)]
+    lines.append(line(4, url="/v1/completions", temperature=7))  # valid shape, bad value
+    done = wait(client, submit(client, lines, endpoint="/v1/completions").id)
+    assert done.status == "completed"
+    assert done.request_counts.model_dump() == {"total": 5, "completed": 4, "failed": 1}
+    out, err = results(client, done.output_file_id), results(client, done.error_file_id)
+    assert {r["custom_id"] for r in out} == {f"req-{i}" for i in range(4)}
+    assert out[0]["response"]["body"]["object"] == "text_completion"
+    assert [r["custom_id"] for r in err] == ["req-4"]
+    e = err[0]["response"]
+    assert e["status_code"] == 400 and e["body"]["error"]["param"] == "temperature"
+
+
+def test_invalid_lines_fail_the_batch_with_line_numbers(server):
+    client = server.openai()
+    bad = [
+        line(0),
+        "{not json",
+        line(0),  # duplicate custom_id
+        {**line(3), "method": "GET"},
+        {**line(4), "url": "/v1/completions"},
+        {**line(5), "body": {"model": "tiny"}},  # no messages
+        line(6, model="no-such-model"),
+    ]
+    done = wait(client, submit(client, bad).id)
+    assert done.status == "failed" and done.failed_at
+    check(done.model_dump(), "Batch")
+    errors = [(e.line, e.code) for e in done.errors.data]
+    assert errors == [(2, "invalid_json_line"), (3, "duplicate_custom_id"), (4, "invalid_method"),
+                      (5, "invalid_url"), (6, "invalid_request"), (7, "model_not_found")]
+    assert done.errors.object == "list"
+    assert done.errors.data[4].param == "body.messages"
+    assert done.output_file_id is None and done.request_counts.total == 0
+
+
+def test_create_errors(server):
+    client = server.openai()
+    f = client.files.create(file=("x.jsonl", io.BytesIO(jsonl([line(0)]))), purpose="fine-tune")
+    with pytest.raises(openai.BadRequestError, match="purpose"):
+        client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h")
+    with pytest.raises(openai.NotFoundError):
+        client.batches.create(input_file_id="file_nope", endpoint=CHAT, completion_window="24h")
+    with pytest.raises(openai.BadRequestError, match="endpoint"):
+        client.batches.create(input_file_id=f.id, endpoint="/v1/nope", completion_window="24h")
+    with pytest.raises(openai.BadRequestError, match="completion_window"):
+        client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="forever")
+
+
+def test_cancel_mid_run(server):
+    client = server.openai()
+    n = 400
+    b = submit(client, [line(i, max_tokens=200) for i in range(n)])
+    wait(client, b.id, until=lambda x: x.request_counts.completed >= 1)
+    c = client.batches.cancel(b.id)
+    assert c.status in ("cancelling", "cancelled") and c.cancelling_at
+    done = wait(client, b.id)
+    assert done.status == "cancelled" and done.cancelled_at >= done.cancelling_at
+    out, err = results(client, done.output_file_id), results(client, done.error_file_id)
+    ids = Counter(r["custom_id"] for r in out + err)
+    assert len(ids) == n and set(ids.values()) == {1}
+    assert 1 <= len(out) < n
+    assert {r["error"]["code"] for r in err} == {"batch_cancelled"}
+    assert done.request_counts.completed == len(out) and done.request_counts.failed == len(err)
+    assert client.batches.cancel(b.id).status == "cancelled"  # idempotent
+
+
+def test_expiry_with_a_short_window(server):
+    client = server.openai()
+    n = 400
+    b = submit(client, [line(i, max_tokens=200) for i in range(n)], window="1s")
+    assert b.expires_at == b.created_at + 1
+    done = wait(client, b.id)
+    assert done.status == "expired" and done.expired_at and done.finalizing_at
+    out, err = results(client, done.output_file_id), results(client, done.error_file_id)
+    assert len(out) + len(err) == n and len(err) > 0
+    assert {r["error"]["code"] for r in err} == {"batch_expired"}
+    assert all(r["response"]["status_code"] == 200 for r in out)
+    with pytest.raises(openai.BadRequestError):
+        client.batches.cancel(b.id)
+
+
+def test_keys_see_only_their_own_batches(server):
+    perms = ["files.read", "files.write", "batches.read", "batches.write"]
+    a = server.openai(server.make_key(perms, name="a"))
+    b = server.openai(server.make_key(perms, name="b"))
+    ba = submit(a, [line(0)])
+    assert [x.id for x in a.batches.list()] == [ba.id]
+    assert b.batches.list().data == []
+    for call in (b.batches.retrieve, b.batches.cancel):
+        with pytest.raises(openai.NotFoundError):
+            call(ba.id)
+    with pytest.raises(openai.NotFoundError):  # b cannot run a's file either
+        b.batches.create(input_file_id=ba.input_file_id, endpoint=CHAT, completion_window="24h")
+    done = wait(a, ba.id)
+    with pytest.raises(openai.NotFoundError):
+        b.files.content(done.output_file_id)
+    assert a.files.content(done.output_file_id).read()
+    assert ba.id in {x.id for x in server.openai().batches.list()}  # admin sees all
+
+
+# -- kill -9 and resume ------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(home, port: int, key: str) -> subprocess.Popen:
+    env = {**os.environ, "LLMP_HOME": str(home), "LLMP_ADMIN_KEY": key, "LLMP_N_SLOTS": "4",
+           "LLMP_SLOT_CTX": "512"}
+    return subprocess.Popen([sys.executable, "-c", "from llmp.cli.main import run; run()",
+                             "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _client_when_up(proc: subprocess.Popen, port: int, key: str) -> openai.OpenAI:
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "llmp serve exited"
+        try:
+            client.models.list()
+            return client
+        except openai.APIConnectionError:
+            time.sleep(0.1)
+    raise AssertionError("llmp serve did not come up")
+
+
+def test_kill_9_mid_batch_resumes_exactly_once(tiny_model_path, tmp_path):
+    from llmp.config import Settings
+    from llmp.db import open_home
+    from llmp.models import registry
+
+    home = tmp_path / "home"
+    db = open_home(Settings(home=home))
+    registry.register(db, tiny_model_path, model_id="tiny")
+    db.close()
+    key, port, n = "sk-test-admin-key-0123456789abcdefghij", _free_port(), 300
+    proc = _serve(home, port, key)
+    try:
+        client = _client_when_up(proc, port, key)
+        b = submit(client, [line(i, max_tokens=64) for i in range(n)])
+        before = wait(client, b.id, until=lambda x: x.request_counts.completed >= 20)
+        assert before.status == "in_progress"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        proc = _serve(home, port, key)
+        client = _client_when_up(proc, port, key)
+        done = wait(client, b.id)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert done.status == "completed", done
+    assert done.request_counts.model_dump() == {"total": n, "completed": n, "failed": 0}
+    rows = [json.loads(x) for x in (home / "files" / done.output_file_id).read_text().splitlines()]
+    ids = Counter(r["custom_id"] for r in rows)
+    assert len(ids) == n and set(ids.values()) == {1}
+
+
+def test_cli_submit_validates_locally_then_waits_and_writes_results(server, cli, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.setenv("LLMP_URL", server.url)
+    monkeypatch.setenv("LLMP_API_KEY", server.admin_key)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(jsonl([line(0), "{oops", line(2, model="no-such-model")]))
+    r = cli("batch", "submit", bad)
+    assert r.exit_code == 2
+    assert "line 2" in r.stderr and "invalid_json_line" in r.stderr
+    assert "line 3" in r.stderr and "model_not_found" in r.stderr
+    assert "nothing was submitted" in r.stderr
+
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(jsonl([line(i) for i in range(5)]))
+    out = tmp_path / "out.jsonl"
+    r = cli("batch", "submit", good, "--wait", "--output", out)
+    assert r.exit_code == 0, r.stderr
+    assert "completed" in r.stdout and "5/5" in r.stdout
+    assert sorted(json.loads(x)["custom_id"] for x in out.read_text().splitlines()) == \
+        [f"req-{i}" for i in range(5)]
+    r = cli("batch", "list", "--json")
+    batch_id = json.loads(r.stdout)[0]["id"]
+    assert cli("batch", "status", batch_id).exit_code == 0
+    again = tmp_path / "again.jsonl"
+    assert cli("batch", "results", batch_id, "--output", again).exit_code == 0
+    assert again.read_text() == out.read_text()
+    r = cli("batch", "cancel", batch_id)
+    assert r.exit_code == 2 and "can no longer be cancelled" in r.stderr

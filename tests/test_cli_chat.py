@@ -1,0 +1,31 @@
+"""`llmp chat` against a running server: streamed replies, commands, history, resume."""
+from __future__ import annotations
+
+from llmp.db import chat as db_chat
+from llmp.db import open_home
+from llmp.config import load_settings
+
+
+def test_chat_session(server, cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("LLMP_URL", server.url)
+    monkeypatch.setenv("LLMP_API_KEY", server.admin_key)
+    saved = tmp_path / "chat.md"
+    script = "\n".join(["/help", "/system Be brief.", "Hello there", '"""', "line one",
+                        "line two", '"""', f"/save {saved}", "/model nope", "/exit"]) + "\n"
+    r = cli("chat", "--model", "tiny", input=script)
+    assert r.exit_code == 0, r.stderr
+    assert "/clear" in r.stdout and "Be brief." in r.stdout and "'nope' not found" in r.stdout
+    text = saved.read_text()
+    assert "Hello there" in text and "line one\nline two" in text and "Be brief." in text
+    db = open_home(load_settings())
+    session = db_chat.latest_session(db)
+    assert [m["role"] for m in db_chat.messages(db, session["id"])] == ["user", "assistant"] * 2
+    r = cli("chat", "--resume", input="/clear\n")
+    assert r.exit_code == 0 and "Resuming" in r.stdout
+    assert db_chat.messages(db, session["id"]) == []
+
+
+def test_chat_without_server(cli, monkeypatch):
+    monkeypatch.setenv("LLMP_URL", "http://127.0.0.1:9")
+    r = cli("chat", input="hi\n")
+    assert r.exit_code != 0 and "llmp serve" in r.stderr

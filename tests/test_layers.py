@@ -1,0 +1,70 @@
+"""The layer rules of DESIGN.md, checked on the source with `ast`:
+the core (config, errors, ids, db, models, engine, services, client) never imports cli, server
+or tui; server and tui never import each other or cli."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import llmp
+
+ROOT = Path(llmp.__file__).parent
+CORE = ("config", "errors", "ids", "db", "models", "engine", "services", "client")
+FORBIDDEN = {
+    **{part: ("llmp.cli", "llmp.server", "llmp.tui") for part in CORE},
+    "server": ("llmp.cli", "llmp.tui"),
+    "tui": ("llmp.cli", "llmp.server"),
+}
+
+
+def _module(path: Path) -> str:
+    """llmp/models/registry.py -> 'llmp.models.registry'; a package's __init__ keeps the
+    '.__init__' tail so relative imports resolve against the package itself."""
+    return ".".join(("llmp", *path.relative_to(ROOT).with_suffix("").parts))
+
+
+def _imports(source: str, module: str) -> list[tuple[int, str]]:
+    """(line, imported module or name) for every import; relative ones made absolute."""
+    tree = ast.parse(source)
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                base = module.rsplit(".", node.level)[0]
+                mod = f"{base}.{node.module}" if node.module else base
+            else:
+                mod = node.module or ""
+            out.append((node.lineno, mod))
+            out += [(node.lineno, f"{mod}.{a.name}") for a in node.names]
+    return out
+
+
+def _part(path: Path) -> str:
+    rel = path.relative_to(ROOT)
+    return rel.parts[0].removesuffix(".py") if rel.parts else ""
+
+
+def test_layers():
+    files = sorted(ROOT.rglob("*.py"))
+    assert any(_part(f) == "models" for f in files)
+    violations = []
+    for f in files:
+        banned = FORBIDDEN.get(_part(f))
+        if not banned:
+            continue
+        for line, mod in _imports(f.read_text(), _module(f)):
+            if any(mod == b or mod.startswith(b + ".") for b in banned):
+                violations.append(f"{f.relative_to(ROOT.parent)}:{line} imports {mod}")
+    assert violations == []
+
+
+def test_import_walker():
+    """The walker sees absolute, from- and relative imports (guards the test above)."""
+    src = "import llmp.cli.main\nfrom llmp import server\nfrom ..tui import app\nfrom . import hub\n"
+    mods = [m for _, m in _imports(src, "llmp.models.registry")]
+    assert "llmp.cli.main" in mods and "llmp.server" in mods
+    assert "llmp.tui.app" in mods and "llmp.models.hub" in mods
+    mods = [m for _, m in _imports("from .routes import x\n", "llmp.server.__init__")]
+    assert "llmp.server.routes.x" in mods

@@ -1,0 +1,71 @@
+"""Per-key rate limits (X-RateLimit-* headers, 429 with Retry-After) and monthly quotas."""
+from __future__ import annotations
+
+import time
+
+from llmp.services.limits import TIERS, Limiter
+
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+HEADERS = ["X-RateLimit-Limit-Requests", "X-RateLimit-Limit-Tokens",
+           "X-RateLimit-Remaining-Requests", "X-RateLimit-Remaining-Tokens",
+           "X-RateLimit-Reset-Requests", "X-RateLimit-Reset-Tokens"]
+
+
+def test_headers_count_down_then_429(server):
+    key = server.make_key(rate_limit={"requests_per_minute": 3, "tokens_per_minute": 100000})
+    remaining = []
+    for _ in range(3):
+        st, h, _ = server.request("GET", "/v1/models", key=key)
+        assert st == 200 and all(name in h for name in HEADERS)
+        assert h["X-RateLimit-Limit-Requests"] == "3"
+        assert int(h["X-RateLimit-Reset-Requests"]) >= int(time.time())  # unix seconds
+        remaining.append(int(h["X-RateLimit-Remaining-Requests"]))
+    assert remaining == [2, 1, 0]
+    st, h, body = server.request("GET", "/v1/models", key=key)
+    assert st == 429 and body["error"]["type"] == "rate_limit_error"
+    assert body["error"]["code"] == "rate_limit_exceeded" and int(h["Retry-After"]) >= 1
+    assert h["X-RateLimit-Remaining-Requests"] == "0"
+
+
+def test_tokens_reserved_and_settled(server):
+    key = server.make_key(rate_limit={"requests_per_minute": 100, "tokens_per_minute": 2000})
+    st, h, body = server.request("POST", "/v1/chat/completions", key=key, json=CHAT)
+    assert st == 200
+    used = body["usage"]["total_tokens"]
+    # settled after the reply: the bucket lost about what was used, not prompt + max_tokens
+    st, h, _ = server.request("GET", "/v1/models", key=key)
+    assert 2000 - used - 5 <= int(h["X-RateLimit-Remaining-Tokens"]) <= 2000
+    st, h, body = server.request("POST", "/v1/chat/completions", key=key,
+                                 json={**CHAT, "max_tokens": 1999})
+    assert st == 429 and body["error"]["type"] == "rate_limit_error" and "Retry-After" in h
+
+
+def test_tiers():
+    assert (TIERS["free"].requests_per_minute, TIERS["free"].tokens_per_minute) == (20, 40_000)
+    assert (TIERS["pro"].requests_per_minute, TIERS["pro"].tokens_per_minute) == (3_500, 90_000)
+    assert Limiter.limits_for({"tier": "free"}) == (20, 40_000)
+    assert Limiter.limits_for({"tier": "enterprise", "requests_per_minute": 7,
+                               "tokens_per_minute": 9}) == (7, 9)
+
+
+def test_bucket_refills_with_time():
+    now = [1000.0]
+    lim = Limiter(db=None, clock=lambda: now[0])
+    key = {"id": "k", "tier": "free"}
+    for _ in range(20):
+        lim.take_request(key)
+    assert lim.state(key).remaining_requests == 0
+    now[0] += 3.0  # 20 per minute: one every 3 s
+    assert lim.state(key).remaining_requests == 1
+
+
+def test_quota_exceeded(server):
+    key = server.make_key(limits={"requests_per_month": 2}, tier="free")
+    for _ in range(2):
+        assert server.request("POST", "/v1/chat/completions", key=key, json=CHAT)[0] == 200
+    st, h, body = server.request("POST", "/v1/chat/completions", key=key, json=CHAT)
+    assert st == 429 and body["error"]["type"] == "quota_exceeded_error"
+    assert body["error"]["code"] == "quota_exceeded" and "Retry-After" in h
+    tok = server.make_key(limits={"tokens_per_month": 10})
+    assert server.request("POST", "/v1/chat/completions", key=tok, json=CHAT)[0] == 200
+    assert server.request("POST", "/v1/chat/completions", key=tok, json=CHAT)[0] == 429

@@ -1,0 +1,107 @@
+"""Every error in the spec's exact format: {"error": {message, type, param, code}, "request_id"}."""
+from __future__ import annotations
+
+import pytest
+
+from llmp.server.state import POOL
+
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+def assert_error(resp, status: int, type_: str, code: str | None = None, param: str | None = None):
+    st, headers, body = resp
+    assert st == status, body
+    assert set(body) == {"error", "request_id"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["type"] == type_ and body["error"]["message"]
+    assert body["request_id"] == headers["x-request-id"] and body["request_id"].startswith("req_")
+    if code is not None:
+        assert body["error"]["code"] == code
+    if param is not None:
+        assert body["error"]["param"] == param
+    return body
+
+
+def test_auth_errors(server):
+    assert_error(server.request("GET", "/v1/models", key=None), 401, "authentication_error",
+                 "missing_api_key")
+    assert_error(server.request("GET", "/v1/models", key="sk-nope"), 401, "authentication_error",
+                 "invalid_api_key")
+    key = server.make_key(["models.read"])
+    assert_error(server.request("POST", "/v1/chat/completions", key=key, json=CHAT), 403,
+                 "permission_error", "insufficient_permissions")
+
+
+def test_request_errors(server):
+    assert_error(server.request("POST", "/v1/chat/completions", json={**CHAT, "model": "nope"}),
+                 404, "not_found_error", "model_not_found", "model")
+    assert_error(server.request("GET", "/v1/models/nope"), 404, "not_found_error", "model_not_found")
+    assert_error(server.request("POST", "/v1/chat/completions", data=b"{not json",
+                                headers={"Content-Type": "application/json"}),
+                 400, "invalid_request_error", "invalid_json")
+    body = dict(CHAT)
+    del body["model"]
+    assert_error(server.request("POST", "/v1/chat/completions", json=body), 400,
+                 "invalid_request_error", "missing_parameter", "model")
+    assert_error(server.request("POST", "/v1/chat/completions", json={**CHAT, "temperature": 9}),
+                 400, "invalid_request_error", "invalid_parameter", "temperature")
+    assert_error(server.request("POST", "/v1/completions", json={"model": "tiny"}), 400,
+                 "invalid_request_error", "missing_parameter", "prompt")
+    long = "The quick brown fox jumps over the lazy dog. " * 200
+    assert_error(server.request("POST", "/v1/chat/completions",
+                                json={**CHAT, "messages": [{"role": "user", "content": long}]}),
+                 400, "invalid_request_error", "context_length_exceeded", "messages")
+    assert_error(server.request("GET", "/v1/nothing-here"), 404, "not_found_error", "unknown_url")
+    assert_error(server.request("DELETE", "/v1/models"), 405, "invalid_request_error",
+                 "method_not_allowed")
+
+
+def test_openai_client_sees_typed_errors(server):
+    import openai
+
+    with pytest.raises(openai.NotFoundError):
+        server.openai().chat.completions.create(model="nope", messages=CHAT["messages"])
+    with pytest.raises(openai.AuthenticationError):
+        server.openai("sk-wrong").models.list()
+
+
+def test_queue_full_and_internal_error(server):
+    """A full queue is 503 service_unavailable_error; an unexpected failure is a 500
+    server_error whose message carries no traceback."""
+    engine = server.run(server.app[POOL].get("tiny"))
+    size = server.settings.queue_size
+    try:
+        server.settings.queue_size = 0  # nothing may wait: the request is refused at once
+        engine.settings.queue_size = 0
+        # occupy every slot first so the next request has to queue
+        assert_error(_with_slots_full(server, engine), 503, "service_unavailable_error")
+    finally:
+        server.settings.queue_size = size
+        engine.settings.queue_size = size
+    original = engine.render_chat
+    engine.render_chat = None  # calling it raises TypeError inside the handler
+    try:
+        body = assert_error(server.request("POST", "/v1/chat/completions", json=CHAT), 500,
+                            "server_error", "internal_error")
+        assert "Traceback" not in body["error"]["message"] and "TypeError" not in body["error"]["message"]
+    finally:
+        engine.render_chat = original
+
+
+def _with_slots_full(server, engine):
+    """The response to a request sent while every slot is generating."""
+    import threading
+    import time
+
+    long_req = {**CHAT, "max_tokens": 120, "ignore_eos": True}
+    threads = [threading.Thread(target=server.request, args=("POST", "/v1/chat/completions"),
+                                kwargs={"json": long_req}) for _ in range(engine.n_slots)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while engine.stats()["slots_busy"] < engine.n_slots and time.monotonic() < deadline:
+        time.sleep(0.005)  # polling a condition, with a deadline
+    resp = server.request("POST", "/v1/chat/completions", json=CHAT)
+    for t in threads:
+        t.join()
+    return resp
