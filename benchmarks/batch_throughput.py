@@ -94,7 +94,7 @@ def pct(xs: list[float], p: float) -> float:
 
 async def main(args: argparse.Namespace) -> dict:
     home = Path(tempfile.mkdtemp(prefix="llmp-bench-"))
-    settings = load_settings(home, keep_alive=-1, queue_size=4096)
+    settings = load_settings(home, keep_alive=-1, queue_size=4096, n_threads=args.threads)
     db = open_home(settings)
     model = synthesize(args.preset, home / f"{args.preset}.gguf")
 
@@ -146,6 +146,8 @@ if __name__ == "__main__":
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--interactive", type=int, default=20, help="interactive requests per TTFT run")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="llama.cpp threads (0: physical cores; 1 is steadier on a busy machine)")
     ap.add_argument("--preset", default="tiny", help="synthetic model preset (tiny, small, 1b, 8b)")
     res = asyncio.run(main(ap.parse_args()))
     print(json.dumps(res, indent=2))

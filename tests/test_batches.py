@@ -201,8 +201,8 @@ def _free_port() -> int:
 
 
 def _serve(home, port: int, key: str) -> subprocess.Popen:
-    env = {**os.environ, "LLMP_HOME": str(home), "LLMP_ADMIN_KEY": key, "LLMP_N_SLOTS": "4",
-           "LLMP_SLOT_CTX": "512"}
+    env = {**os.environ, "LLMP_HOME": str(home), "LLMP_ADMIN_KEY": key, "LLMP_N_SLOTS": "2",
+           "LLMP_SLOT_CTX": "256", "LLMP_N_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-c", "from llmp.cli.main import run; run()",
                              "serve", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -230,12 +230,12 @@ def test_kill_9_mid_batch_resumes_exactly_once(tiny_model_path, tmp_path):
     db = open_home(Settings(home=home))
     registry.register(db, tiny_model_path, model_id="tiny")
     db.close()
-    key, port, n = "sk-test-admin-key-0123456789abcdefghij", _free_port(), 300
+    key, port, n = "sk-test-admin-key-0123456789abcdefghij", _free_port(), 200
     proc = _serve(home, port, key)
     try:
         client = _client_when_up(proc, port, key)
-        b = submit(client, [line(i, max_tokens=64) for i in range(n)])
-        before = wait(client, b.id, until=lambda x: x.request_counts.completed >= 20)
+        b = submit(client, [line(i, max_tokens=32) for i in range(n)])
+        before = wait(client, b.id, until=lambda x: x.request_counts.completed >= 10)
         assert before.status == "in_progress"
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
@@ -279,4 +279,4 @@ def test_cli_submit_validates_locally_then_waits_and_writes_results(server, cli,
     assert cli("batch", "results", batch_id, "--output", again).exit_code == 0
     assert again.read_text() == out.read_text()
     r = cli("batch", "cancel", batch_id)
-    assert r.exit_code == 2 and "can no longer be cancelled" in r.stderr
+    assert r.exit_code == 2 and "no longer be" in " ".join(r.stderr.split())

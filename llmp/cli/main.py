@@ -11,6 +11,7 @@ import click
 import typer
 
 from llmp import __version__
+from llmp.cli import bench as bench_cmd
 from llmp.cli import doctor as doctor_cmd
 from llmp.cli import models as models_cmd
 from llmp.cli import chat as chat_cmd
@@ -52,6 +53,7 @@ def _main(
 
 app.add_typer(models_cmd.app, name="models")
 app.command("doctor")(doctor_cmd.doctor)
+app.command("bench")(bench_cmd.bench)
 app.command("serve")(serve_cmd.serve)
 app.command("chat")(chat_cmd.chat)
 app.add_typer(keys_cmd.app, name="keys")

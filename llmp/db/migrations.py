@@ -255,3 +255,19 @@ def m0012_webhooks(db: Database) -> None:
     )
     db["webhook_deliveries"].create_index(["status", "next_attempt_at"])
     db["webhook_deliveries"].create_index(["webhook_id", "created_at"])
+
+
+@MIGRATIONS(name="0005_usage_latency_index")
+def m0005_usage_latency_index(db: Database) -> None:
+    # /v1/usage reads the latency roll-ups of one key (or of all keys) over a range of hours
+    db["usage_latency"].create_index(["key_id", "hour"])
+
+
+@MIGRATIONS(name="0006_usage_latency_daily")
+def m0006_usage_latency_daily(db: Database) -> None:
+    # Daily latency histograms: /v1/usage by day over a year reads ~365 x models x buckets rows
+    db["usage_latency_daily"].create(
+        {"day": str, "key_id": str, "model": str, "bucket": int, "count": int},
+        pk=("day", "key_id", "model", "bucket"),
+    )
+    db["usage_latency_daily"].create_index(["key_id", "day"])

@@ -34,12 +34,13 @@ from typing import Any, AsyncIterator
 import llama_cpp as L
 
 from llmp.config import Settings
+from llmp.engine.chat import render_chat
 from llmp.engine.native import Model, gpu_offload_supported
-from llmp.engine.sampling import SamplerChain, as_void_p, backend_capable, token_logprob
+from llmp.engine.sampling import SamplerChain, backend_capable, token_logprob
 from llmp.engine.textstream import TextStream
 from llmp.engine.types import (ChatPrompt, Completion, Delta, GenerationRequest, TokenLogprob,
                                Usage)
-from llmp.errors import ContextLengthExceededError, ServerError, ServiceUnavailableError
+from llmp.errors import ContextLengthExceededError, LlmpError, ServerError, ServiceUnavailableError
 
 CPU_DEFAULT_SLOTS = 8
 GPU_DEFAULT_SLOTS = 64
@@ -174,7 +175,6 @@ class Engine:
     def render_chat(self, messages: list[dict], *, tools: list[dict] | None = None,
                     tool_choice: Any = None, response_format: dict | None = None,
                     **template_kwargs: Any) -> ChatPrompt:
-        from llmp.engine.chat import render_chat
         return render_chat(self, messages, tools=tools, tool_choice=tool_choice,
                            response_format=response_format, **template_kwargs)
 
@@ -323,13 +323,16 @@ class Engine:
                 try:
                     self._step()
                 except Exception as e:  # keep serving: fail the jobs of this step, reset their KV
-                    err = e if isinstance(e, ServerError) else ServerError(f"engine step failed: {e}")
                     for s in self._slots:
                         if s.job is not None:
-                            s.job.send(err)
-                            self._release(s)
-                            L.llama_memory_seq_rm(self._mem, s.seq, -1, -1)
-                            s.cache.clear()
+                            self._fail(s, e)
+
+    def _fail(self, slot: _Slot, e: Exception) -> None:
+        """Deliver an error to the slot's job, free the slot and forget its KV cache."""
+        slot.job.send(e if isinstance(e, LlmpError) else ServerError(f"engine step failed: {e}"))
+        self._release(slot)
+        L.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+        slot.cache.clear()
 
     def _admit(self) -> None:
         """Move waiting jobs (best priority first) into free slots; called under the lock."""
@@ -342,7 +345,11 @@ class Engine:
                 job.chain.free()
                 continue
             slot = max(free, key=lambda s: _common_prefix(s.cache, job.tokens))
-            self._start(slot, job)
+            try:
+                self._start(slot, job)
+            except Exception as e:
+                slot.job = job
+                self._fail(slot, e)
 
     def _start(self, slot: _Slot, job: _Job) -> None:
         keep = min(_common_prefix(slot.cache, job.tokens), len(job.tokens) - 1)
@@ -355,7 +362,7 @@ class Engine:
         slot.text = TextStream(job.req.params.stop)
         slot.ids, slot.lps = [], []
         if job.backend:
-            L.llama_set_sampler(self.ctx, slot.seq, as_void_p(job.chain))
+            L.llama_set_sampler(self.ctx, slot.seq, job.chain.ptr)
         self._counters["requests"] += 1
         self._counters["prompt_tokens"] += len(job.tokens)
         self._counters["cached_tokens"] += keep

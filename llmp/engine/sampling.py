@@ -8,7 +8,6 @@ logit_bias and logprobs need the CPU. `backend_capable` says which a request all
 """
 from __future__ import annotations
 
-import ctypes
 import math
 
 import llama_cpp as L
@@ -89,10 +88,6 @@ class SamplerChain:
         if self.ptr:
             L.llama_sampler_free(self.ptr)
             self.ptr = None
-
-
-def as_void_p(chain: SamplerChain | None) -> ctypes.c_void_p | None:
-    return ctypes.cast(chain.ptr, ctypes.c_void_p) if chain is not None else None
 
 
 def token_logprob(model: Model, ctx: L.llama_context_p, idx: int, token: int, k: int) -> TokenLogprob:

@@ -229,10 +229,6 @@ class Call:
         self.usage = Usage(prompt_tokens=self.prompt_tokens)
 
     @property
-    def endpoint(self) -> str:
-        return "/v1/chat/completions" if self.kind == "chat" else "/v1/completions"
-
-    @property
     def token_estimate(self) -> int:
         """Tokens to reserve against a rate limit: prompt + max_tokens per choice (max_tokens
         unset: the rest of a slot's context)."""
