@@ -71,3 +71,17 @@ async def test_bad_grammar_and_schema_are_invalid_requests(engine):
         engine.render_chat([{"role": "user", "content": "x"}], tools=TOOLS,
                            tool_choice={"type": "function", "function": {"name": "missing"}})
     assert e.value.param == "tool_choice"
+
+
+async def test_free_text_strings_never_contain_raw_control_characters(engine):
+    """A random model emits control bytes; the grammar must keep them out of JSON strings
+    (llama-cpp-python's converter alone lets them in, and json.loads then fails)."""
+    schema = {"type": "object", "properties": {"note": {"type": "string", "maxLength": 24}},
+              "required": ["note"]}
+    chat = engine.render_chat([{"role": "user", "content": "Write a note"}],
+                              response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}})
+    for seed in range(10):
+        c = await engine.complete(GenerationRequest(chat.prompt, sample(seed, chat.grammar)))
+        assert c.finish_reason == "stop", c.text
+        note = json.loads(c.text)["note"]  # strict: raw control characters raise
+        assert not any(ord(ch) < 0x20 for ch in note)

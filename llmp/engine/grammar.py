@@ -17,6 +17,10 @@ from llmp.errors import InvalidRequestError
 _SPACE_RULE = re.compile(r"^space ::= .*$", re.M)
 _WS_RULE = re.compile(r"^ws ::= .*$", re.M)
 _ROOT_RULE = re.compile(r"^root ::=", re.M)
+# llama-cpp-python's converter lets raw control characters into strings (`[^"\\]`), which
+# json.loads rejects: allow only what JSON allows unescaped.
+_CHAR_RULE = re.compile(r'^char ::= \[\^"\\\\\]', re.M)
+_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F]'
 
 JSON_OBJECT_GRAMMAR = _WS_RULE.sub('ws ::= " "?', JSON_GBNF)
 
@@ -27,6 +31,7 @@ def json_schema_grammar(schema: dict[str, Any], *, param: str = "response_format
         gbnf = json_schema_to_gbnf(json.dumps(schema))
     except Exception as e:  # the converter raises bare Exceptions / ValueErrors / KeyErrors
         raise InvalidRequestError(f"unsupported JSON schema: {e}", param=param) from None
+    gbnf = _CHAR_RULE.sub(lambda _: _JSON_CHAR, gbnf)
     return _SPACE_RULE.sub('space ::= " "?', gbnf)
 
 
