@@ -3,14 +3,16 @@
     python3 benchmarks/usage_query.py [--rows 1000000]
 
 Fills a fresh SQLite home with `--rows` requests spread over the last 365 days (5 models,
-20 keys), through the same insert path the server uses (rows + hourly roll-ups), then times
-the /v1/usage report for the whole year (day and hour granularity, all keys and one key)
-and /v1/usage/billing. Target: every query under 1 s.
+20 keys), through the same insert path the server uses (rows + hourly and daily roll-ups, in
+batches of 50,000), then times every shape of the /v1/usage report over the whole year (day
+and hour granularity; all keys, one key, one model, per key) and /v1/usage/billing, each
+including its JSON encoding (what the route sends). Target: every query under 1 s.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import random
 import tempfile
 import time
@@ -43,6 +45,7 @@ def fill(db, rows: int, batch: int = 50_000) -> float:
 def timed(label: str, fn) -> float:
     t0 = time.perf_counter()
     out = fn()
+    json.dumps(out)
     dt_s = time.perf_counter() - t0
     n = len(out.get("data", [])) if isinstance(out, dict) else 0
     print(f"{label:<44} {dt_s * 1000:8.1f} ms  ({n} entries)")
@@ -57,17 +60,23 @@ def main() -> None:
     settings = Settings(home=home).ensure_dirs()
     db = open_home(settings)
     print(f"inserting {args.rows:,} rows ... {fill(db, args.rows):.1f} s")
-    today = dt.date.today()
-    year = (today - dt.timedelta(days=364)).isoformat()
+    today = dt.datetime.now(dt.timezone.utc).date()
+    year = {"start_date": (today - dt.timedelta(days=364)).isoformat(),
+            "end_date": today.isoformat()}
+    shapes = {
+        "usage, year, by day, all keys": {},
+        "usage, year, by hour, all keys": {"granularity": "hour"},
+        "usage, year, by day, one key": {"key_id": "key_3"},
+        "usage, year, by hour, one key": {"granularity": "hour", "key_id": "key_3"},
+        "usage, year, by day, one model": {"model": "model-2"},
+        "usage, year, by hour, one model": {"granularity": "hour", "model": "model-2"},
+        "usage, year, by day, per key": {"group_by": "key"},
+        "usage, year, by day, per key, one model": {"group_by": "key", "model": "model-2"},
+        "usage, 30 days, by hour, per key": {"granularity": "hour", "group_by": "key",
+                                             "start_date": (today - dt.timedelta(days=29)).isoformat()},
+    }
     worst = max(
-        timed("usage, year, by day, all keys", lambda: usage.report(
-            db, start_date=year, end_date=today.isoformat())),
-        timed("usage, year, by hour, all keys", lambda: usage.report(
-            db, start_date=year, end_date=today.isoformat(), granularity="hour")),
-        timed("usage, year, by day, one key", lambda: usage.report(
-            db, start_date=year, end_date=today.isoformat(), key_id="key_3")),
-        timed("usage, year, by day, per key", lambda: usage.report(
-            db, start_date=year, end_date=today.isoformat(), group_by="key")),
+        *(timed(label, lambda q=q: usage.report(db, **{**year, **q})) for label, q in shapes.items()),
         timed("billing, current month, all keys", lambda: usage.billing(
             db, settings, key=None, quota=None)),
     )

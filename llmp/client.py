@@ -14,6 +14,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from pathlib import Path
 from typing import Any, Iterator
 
 from llmp import errors
@@ -62,22 +63,38 @@ def decode_error(status: int, raw: bytes) -> errors.LlmpError:
     return e
 
 
-def _multipart(fields: dict[str, Any]) -> tuple[bytes, str]:
-    """Encode `files=` for a multipart upload: values are str or (filename, bytes)."""
+#: bytes read from disk at a time when streaming an upload
+CHUNK = 1 << 20
+
+
+def _multipart(fields: dict[str, Any]) -> tuple[Iterator[bytes], int, str]:
+    """Encode `files=` for a multipart upload, streamed: values are str, (filename, bytes) or
+    (filename, Path) (read from disk CHUNK bytes at a time, never whole). Returns the body's
+    chunks, its length (sent as Content-Length) and the content type."""
     boundary = uuid.uuid4().hex
-    out = bytearray()
+    parts: list[bytes | Path] = []
     for name, value in fields.items():
-        out += f"--{boundary}\r\n".encode()
         if isinstance(value, tuple):
             filename, data = value
-            out += (f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                    "Content-Type: application/octet-stream\r\n\r\n").encode()
-            out += data
+            parts += [(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+                       f'filename="{filename}"\r\nContent-Type: application/octet-stream'
+                       "\r\n\r\n").encode(), data, b"\r\n"]
         else:
-            out += f'Content-Disposition: form-data; name="{name}"\r\n\r\n{value}'.encode()
-        out += b"\r\n"
-    out += f"--{boundary}--\r\n".encode()
-    return bytes(out), f"multipart/form-data; boundary={boundary}"
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"'
+                         f"\r\n\r\n{value}\r\n".encode())
+    parts.append(f"--{boundary}--\r\n".encode())
+
+    def chunks() -> Iterator[bytes]:
+        for part in parts:
+            if isinstance(part, Path):
+                with part.open("rb") as f:
+                    while chunk := f.read(CHUNK):
+                        yield chunk
+            else:
+                yield part
+
+    length = sum(p.stat().st_size if isinstance(p, Path) else len(p) for p in parts)
+    return chunks(), length, f"multipart/form-data; boundary={boundary}"
 
 
 class Client:
@@ -100,7 +117,8 @@ class Client:
             headers["Authorization"] = f"Bearer {self.api_key}"
         data = None
         if files is not None:
-            data, headers["Content-Type"] = _multipart(files)
+            data, length, headers["Content-Type"] = _multipart(files)
+            headers["Content-Length"] = str(length)
         elif json_body is not None:
             data = json.dumps(json_body).encode()
             headers["Content-Type"] = "application/json"

@@ -29,3 +29,13 @@ def test_chat_without_server(cli, monkeypatch):
     monkeypatch.setenv("LLMP_URL", "http://127.0.0.1:9")
     r = cli("chat", input="hi\n")
     assert r.exit_code != 0 and "llmp serve" in r.stderr
+
+
+def test_chat_unknown_model(server, cli, monkeypatch):
+    """`llmp chat --model nope` fails up front: one error line, a non-zero exit, no session."""
+    monkeypatch.setenv("LLMP_URL", server.url)
+    monkeypatch.setenv("LLMP_API_KEY", server.admin_key)
+    r = cli("chat", "--model", "nope", input="hi\n")
+    assert r.exit_code != 0 and "'nope' not found" in r.stderr
+    assert "Chatting with" not in r.stdout and "Traceback" not in r.stderr
+    assert db_chat.latest_session(open_home(load_settings())) is None

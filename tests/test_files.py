@@ -66,8 +66,9 @@ def _multipart(fields: dict) -> tuple[bytes, dict]:
     ({"purpose": "nonsense", "file": ("a.jsonl", b"x")}, "purpose", "invalid_purpose"),
     ({"purpose": "batch_output", "file": ("a.jsonl", b"x")}, "purpose", "invalid_purpose"),
     ({"purpose": "batch", "file": ("a.jsonl", b"")}, "file", "empty_file"),
-    ({"purpose": "batch"}, "file", "missing_required_parameter"),
-    ({"file": ("a.jsonl", b"x")}, "purpose", "missing_required_parameter"),
+    # the spec's code for a missing parameter
+    ({"purpose": "batch"}, "file", "missing_parameter"),
+    ({"file": ("a.jsonl", b"x")}, "purpose", "missing_parameter"),
 ])
 def test_upload_errors(server, fields, param, code):
     data, headers = _multipart(fields)

@@ -53,6 +53,10 @@ def test_bad_create_bodies(server):
                          "rate_limit.requests_per_minute")):
         st, _, err = server.request("POST", "/v1/auth/api-keys", json=body)
         assert st == 400 and err["error"]["param"] == param
+    # a name of the wrong type is invalid, not "missing"
+    st, _, err = server.request("POST", "/v1/auth/api-keys", json={"name": 5})
+    assert st == 400 and err["error"]["param"] == "name"
+    assert err["error"]["code"] == "invalid_parameter"
 
 
 @pytest.mark.parametrize("perm", sorted(ROUTES))

@@ -1,9 +1,13 @@
 """Per-key rate limits (X-RateLimit-* headers, 429 with Retry-After) and monthly quotas."""
 from __future__ import annotations
 
+import io
+import json
 import time
 
+from llmp.services import keys as keys_service
 from llmp.services.limits import TIERS, Limiter
+from tests.test_webhooks import receiver  # noqa: F401  (a fixture: a real local receiver)
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 HEADERS = ["X-RateLimit-Limit-Requests", "X-RateLimit-Limit-Tokens",
@@ -70,3 +74,32 @@ def test_quota_exceeded(server):
     tok = server.make_key(limits={"tokens_per_month": 10})
     assert server.request("POST", "/v1/chat/completions", key=tok, json=CHAT)[0] == 200
     assert server.request("POST", "/v1/chat/completions", key=tok, json=CHAT)[0] == 429
+
+
+def test_batch_usage_counts_against_the_quota_as_it_happens(server, receiver):
+    rx = receiver()
+    assert server.request("POST", "/v1/webhooks", json={
+        "url": rx.url, "events": ["usage.limit.reached"]})[0] == 200
+    key = server.make_key(["inference", "files.write", "batches.write", "batches.read"],
+                          limits={"tokens_per_month": 60}, name="quota")
+    kid = keys_service.authenticate(server.db, key)["id"]
+    # one interactive request: the limiter now holds this month's counters of the key
+    assert server.request("POST", "/v1/chat/completions", key=key, json=CHAT)[0] == 200
+    lines = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {**CHAT, "max_tokens": 8, "ignore_eos": True}} for i in range(4)]
+    client = server.openai(key)
+    f = client.files.create(file=("in.jsonl", io.BytesIO(
+        b"".join(json.dumps(x).encode() + b"\n" for x in lines))), purpose="batch")
+    batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    deadline = time.monotonic() + 120
+    while client.batches.retrieve(batch.id).status != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    st, _, body = server.request("POST", "/v1/chat/completions", key=key, json=CHAT)
+    assert st == 429 and body["error"]["type"] == "quota_exceeded_error", body
+    (_, raw), = rx.wait(1)
+    event = json.loads(raw)
+    assert event["type"] == "usage.limit.reached" and event["data"]["key_id"] == kid
+    assert event["data"]["limit"] == "monthly token quota of 60"
+    assert event["data"]["usage"]["tokens"] >= 60

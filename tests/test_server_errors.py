@@ -56,6 +56,34 @@ def test_request_errors(server):
                  "method_not_allowed")
 
 
+def test_invalid_messages_and_tools(server):
+    """Malformed messages, tools and a tool_choice without tools are 400s naming the param,
+    not silently ignored."""
+    def post(**extra):
+        return server.request("POST", "/v1/chat/completions", json={**CHAT, **extra})
+
+    assert_error(post(messages=[{"role": "user"}]), 400, "invalid_request_error",
+                 "missing_parameter", "messages[0].content")
+    assert_error(post(messages=[{"role": "user", "content": 5}]), 400, "invalid_request_error",
+                 "invalid_parameter", "messages[0].content")
+    assert_error(post(tools=[{"type": "function"}]), 400, "invalid_request_error",
+                 "invalid_parameter", "tools[0]")
+    assert_error(post(functions=[{"description": "no name"}]), 400, "invalid_request_error",
+                 "invalid_parameter", "functions[0]")
+    assert_error(post(tool_choice="required"), 400, "invalid_request_error",
+                 "invalid_parameter", "tool_choice")
+    assert_error(post(function_call={"name": "f"}), 400, "invalid_request_error",
+                 "invalid_parameter", "function_call")
+    # an assistant turn may carry only tool calls; "none"/"auto" need no tools
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    msgs = [CHAT["messages"][0], {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "ok"}]
+    assert post(messages=msgs, tool_choice="none")[0] == 200
+    # integer ranges are written as integers, not 9.22337e+18
+    body = assert_error(post(seed="x"), 400, "invalid_request_error", "invalid_parameter", "seed")
+    assert str(2 ** 63) in body["error"]["message"] and "e+" not in body["error"]["message"]
+
+
 def test_openai_client_sees_typed_errors(server):
     import openai
 

@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
+import random
 
+from llmp.db import connect
 from llmp.db import usage as db_usage
+from llmp.db.migrations import MIGRATIONS
 from llmp.models import registry
 from llmp.services import keys as keys_service
+from llmp.services import usage
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
         "ignore_eos": True}
@@ -62,3 +67,94 @@ def test_cli_usage(server, cli, monkeypatch):
     for by in ("model", "key", "day"):
         r = cli("usage", "--by", by)
         assert r.exit_code == 0 and "total" in r.stdout and "█" in r.stdout, r.stdout
+
+
+def _rows(n: int = 400) -> list[dict]:
+    """Usage rows over three days, two keys, two models, varied latencies and statuses."""
+    rng = random.Random(7)
+    base = dt.datetime.now(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
+    return [{"created_at": (base - dt.timedelta(minutes=rng.randrange(3 * 24 * 60)))
+             .strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "key_id": f"key_{rng.randrange(2)}",
+             "model": f"m{rng.randrange(2)}", "endpoint": "/v1/chat/completions",
+             "status": rng.choice([200, 200, 200, 429]), "prompt_tokens": rng.randrange(1, 50),
+             "completion_tokens": rng.randrange(1, 20), "cost": 0.001,
+             "latency_ms": rng.lognormvariate(5, 1.2)} for _ in range(n)]
+
+
+SHAPES = [dict(granularity=g, group_by=b, **k) for g in ("day", "hour") for b in ("model", "key")
+          for k in ({}, {"key_id": "key_1"}, {"model": "m0"})]
+
+
+def _nearest_rank(values: list[float], p: int) -> float:
+    s = sorted(values)
+    return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
+
+
+def test_report_percentiles_match_a_direct_computation(tmp_path):
+    db = connect(tmp_path / "u.db")
+    rows = _rows()
+    db_usage.insert_rows(db, rows)
+    start = (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=4)).isoformat()
+    for shape in SHAPES:
+        rep = usage.report(db, start_date=start, **shape)
+        period = 10 if shape["granularity"] == "day" else 13
+        name = "model" if shape["group_by"] == "model" else "key_id"
+        want = [r for r in rows if all(r[k] == v for k, v in shape.items() if k in ("key_id", "model"))]
+        assert rep["total"]["requests"] == len(want)
+        assert len(rep["data"]) == len({(r["created_at"][:period], r[name]) for r in want})
+        for e in rep["data"]:
+            mine = [r for r in want if r[name] == e[name]
+                    and r["created_at"][:period] == (e.get("hour") or e["date"])[:period]]
+            assert e["requests"] == len(mine)
+            assert e["errors"] == sum(r["status"] >= 400 for r in mine)
+            assert e["tokens"]["prompt_tokens"] == sum(r["prompt_tokens"] for r in mine)
+            for p in usage.PERCENTILES:  # the middle of the bucket holding the exact value
+                exact = _nearest_rank([r["latency_ms"] for r in mine], p)
+                assert e["latency"][f"p{p}_ms"] == round(
+                    db_usage.bucket_value(db_usage.latency_bucket(exact)))
+        for p in usage.PERCENTILES:
+            exact = _nearest_rank([r["latency_ms"] for r in want], p)
+            assert rep["total"]["latency"][f"p{p}_ms"] == round(
+                db_usage.bucket_value(db_usage.latency_bucket(exact)))
+
+
+def _insert_before_0030(db, rows: list[dict]) -> None:
+    """What insert_rows wrote before 0030_usage_summaries: rows, hourly sums, per-bucket
+    latency rows (hourly and daily), each under the key and under ALL_KEYS."""
+    for r in rows:
+        h, b = r["created_at"][:13], db_usage.latency_bucket(r["latency_ms"])
+        db.execute("insert into usage (created_at, key_id, model, endpoint, status, prompt_tokens,"
+                   " completion_tokens, cost, latency_ms) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   [r[c] for c in ("created_at", "key_id", "model", "endpoint", "status",
+                                   "prompt_tokens", "completion_tokens", "cost", "latency_ms")])
+        for k in (r["key_id"], "*"):
+            db.execute("insert into usage_hourly values (?, ?, ?, ?, 1, ?, ?, ?, ?, ?) on conflict"
+                       " do update set requests = requests + 1, errors = errors + excluded.errors,"
+                       " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+                       " completion_tokens = completion_tokens + excluded.completion_tokens,"
+                       " cost = cost + excluded.cost,"
+                       " latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum",
+                       [h, k, r["model"], r["endpoint"], int(r["status"] >= 400),
+                        r["prompt_tokens"], r["completion_tokens"], r["cost"], r["latency_ms"]])
+            for table, period in (("usage_latency", h), ("usage_latency_daily", h[:10])):
+                db.execute(f"insert into {table} values (?, ?, ?, ?, 1) on conflict"
+                           " do update set count = count + 1", [period, k, r["model"], b])
+    db.conn.commit()
+
+
+def test_upgrade_backfills_the_summaries(tmp_path):
+    rows = _rows()
+    old = connect(tmp_path / "old.db", migrate=False)
+    MIGRATIONS.apply(old, stop_before="0030_usage_summaries")
+    _insert_before_0030(old, rows)
+    upgraded = connect(tmp_path / "old.db")  # applies 0030
+    fresh = connect(tmp_path / "fresh.db")
+    db_usage.insert_rows(fresh, rows)
+    start = (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=4)).isoformat()
+    for shape in SHAPES:
+        assert usage.report(upgraded, start_date=start, **shape) == usage.report(
+            fresh, start_date=start, **shape), shape
+    # and new rows keep adding up on the upgraded database
+    db_usage.insert_rows(upgraded, rows[:10])
+    db_usage.insert_rows(fresh, rows[:10])
+    assert usage.report(upgraded, start_date=start) == usage.report(fresh, start_date=start)

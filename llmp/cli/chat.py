@@ -102,6 +102,8 @@ def chat(
     settings = load_settings()
     client = Client(settings=settings)
     served = client.request("GET", "/v1/models")["data"]
+    if model:  # an unknown model is one red line and a non-zero exit, before any session
+        client.request("GET", f"/v1/models/{model}")
     db = open_home(settings)
     if resume:
         session, history = chat_service.resume(db)

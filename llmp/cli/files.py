@@ -25,7 +25,7 @@ def upload_file(client: Client, path: Path, purpose: str) -> dict:
     if not path.is_file():
         raise InvalidRequestError(f"no such file: {path}")
     return client.request("POST", "/v1/files", files={"purpose": purpose,
-                                                      "file": (path.name, path.read_bytes())})
+                                                      "file": (path.name, path)})
 
 
 @app.command()

@@ -1,15 +1,25 @@
-"""Usage rows (one per request) and their hourly roll-ups.
+"""Usage rows (one per request) and their hourly and daily roll-ups.
 
-Every insert also folds the rows into `usage_hourly` (counts, tokens, cost) and
-`usage_latency` / `usage_latency_daily` (log-spaced latency histograms), once under the row's key and once under
-`ALL_KEYS`, so that a report over every key reads one roll-up row per hour and model (a year:
-tens of thousands of rows, whatever the number of requests or keys).
+Every insert also folds the rows, in the same transaction, into
+
+* `usage_hourly` / `usage_daily`: counts, tokens, cost and latency sum per period, key, model
+  and endpoint;
+* `usage_hist_hourly` / `usage_hist_daily`: one latency histogram per period, key and model
+  (log-spaced buckets, stored compactly as one text value, see `encode_hist`),
+
+once under the row's key and once under `ALL_KEYS`, so that a report over every key reads one
+roll-up row per period and model: a year by hour is ~8,760 x models rows, by day ~365 x models,
+whatever the number of requests. Each roll-up table's primary key starts with `key_id` (tables
+WITHOUT ROWID), so a report over one key, or over all keys, reads one contiguous range.
 """
 from __future__ import annotations
 
 import collections
+import functools
 import math
-from typing import Any, Iterable
+from bisect import bisect_left
+from itertools import accumulate
+from typing import Any, Iterable, Sequence
 
 from sqlite_utils import Database
 
@@ -21,7 +31,15 @@ BUCKETS_PER_OCTAVE = 4
 #: the key_id of the roll-up rows that sum every key
 ALL_KEYS = "*"
 
-_GROUPS = {"day": "substr(hour, 1, 10)", "hour": "hour", "model": "model", "key": "key_id",
+#: a latency histogram: (first bucket, counts of that bucket and the following ones)
+Hist = tuple[int, list[int]]
+
+COLUMNS = ("request_id", "created_at", "key_id", "model", "endpoint", "status", "error_type",
+           "prompt_tokens", "completion_tokens", "cached_tokens", "cost", "latency_ms",
+           "ttft_ms", "batch_id")
+_SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost", "latency_ms_sum")
+_PERIODS = {"hour": "hourly", "day": "daily"}
+_GROUPS = {"day": "day", "hour": "hour", "model": "model", "key": "key_id",
            "endpoint": "endpoint"}
 
 
@@ -29,101 +47,154 @@ def latency_bucket(ms: float) -> int:
     return int(math.floor(BUCKETS_PER_OCTAVE * math.log2(max(float(ms), 1.0))))
 
 
+@functools.lru_cache(maxsize=None)
 def bucket_value(bucket: int) -> float:
     """The representative latency (ms) of a bucket: its geometric middle."""
     return 2 ** ((bucket + 0.5) / BUCKETS_PER_OCTAVE)
 
 
+# -- histograms --------------------------------------------------------------------------------
+
+def encode_hist(counts: dict[int, int]) -> str:
+    """`{5: 2, 7: 1}` -> `"5:2,0,1"` (first bucket, then the dense counts from it)."""
+    lo, hi = min(counts), max(counts)
+    return f"{lo}:" + ",".join(str(counts.get(b, 0)) for b in range(lo, hi + 1))
+
+
+def decode_hist(text: str) -> Hist:
+    lo, _, counts = text.partition(":")
+    return int(lo), list(map(int, counts.split(",")))
+
+
+def merge_hists(hists: Sequence[Hist]) -> Hist:
+    if len(hists) == 1:
+        return hists[0]
+    lo = min(h[0] for h in hists)
+    out = [0] * (max(h[0] + len(h[1]) for h in hists) - lo)
+    for first, counts in hists:
+        for i, c in enumerate(counts, first - lo):
+            out[i] += c
+    return lo, out
+
+
+def _merge_text(old: str | None, new: str) -> str:
+    """SQL `hist_merge(old, new)`: the upsert of a histogram row."""
+    if old is None:
+        return new
+    lo, counts = merge_hists([decode_hist(old), decode_hist(new)])
+    return encode_hist({lo + i: c for i, c in enumerate(counts) if c})
+
+
+def hist_percentiles(hist: Hist, percentiles: Sequence[float]) -> list[float | None]:
+    """The representative latency (ms) of the bucket holding each percentile (nearest rank:
+    the first bucket whose running count reaches p% of the total); None when empty."""
+    lo, counts = hist
+    cum = list(accumulate(counts))
+    total = cum[-1] if cum else 0
+    if not total:
+        return [None] * len(percentiles)
+    return [bucket_value(lo + bisect_left(cum, p / 100 * total)) for p in percentiles]
+
+
+# -- writes ------------------------------------------------------------------------------------
+
 def insert_rows(db: Database, rows: Iterable[dict[str, Any]]) -> int:
     """Insert usage rows (created_at ISO UTC) and update the roll-ups, in one transaction."""
     rows = list(rows)
     hourly: dict[tuple, list] = collections.defaultdict(lambda: [0, 0, 0, 0, 0.0, 0.0])
-    latency: collections.Counter = collections.Counter()
-    latency_daily: collections.Counter = collections.Counter()
+    daily: dict[tuple, list] = collections.defaultdict(lambda: [0, 0, 0, 0, 0.0, 0.0])
+    hist_hourly: dict[tuple, collections.Counter] = collections.defaultdict(collections.Counter)
+    hist_daily: dict[tuple, collections.Counter] = collections.defaultdict(collections.Counter)
     for r in rows:
         hour = r["created_at"][:13]
-        bucket = latency_bucket(r.get("latency_ms") or 0.0)
+        model, endpoint = r.get("model") or "", r.get("endpoint") or ""
+        latency = r.get("latency_ms") or 0.0
+        add = (1, 1 if (r.get("status") or 200) >= 400 else 0, r.get("prompt_tokens") or 0,
+               r.get("completion_tokens") or 0, r.get("cost") or 0.0, latency)
+        bucket = latency_bucket(latency)
         for key_id in (r.get("key_id") or "", ALL_KEYS):
-            key = (hour, key_id, r.get("model") or "", r.get("endpoint") or "")
-            h = hourly[key]
-            h[0] += 1
-            h[1] += 1 if (r.get("status") or 200) >= 400 else 0
-            h[2] += r.get("prompt_tokens") or 0
-            h[3] += r.get("completion_tokens") or 0
-            h[4] += r.get("cost") or 0.0
-            h[5] += r.get("latency_ms") or 0.0
-            latency[(hour, key_id, key[2], bucket)] += 1
-            latency_daily[(hour[:10], key_id, key[2], bucket)] += 1
+            for sums, period in ((hourly, hour), (daily, hour[:10])):
+                s = sums[(period, key_id, model, endpoint)]
+                for i, v in enumerate(add):
+                    s[i] += v
+            hist_hourly[(hour, key_id, model)][bucket] += 1
+            hist_daily[(hour[:10], key_id, model)][bucket] += 1
     with _lock, db.atomic():
-        db["usage"].insert_all(rows, batch_size=1000)
+        db.register_function(_merge_text, deterministic=True, name="hist_merge")
         db.conn.executemany(
-            "insert into usage_hourly (hour, key_id, model, endpoint, requests, errors,"
-            " prompt_tokens, completion_tokens, cost, latency_ms_sum)"
-            " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " on conflict (hour, key_id, model, endpoint) do update set"
-            " requests = requests + excluded.requests, errors = errors + excluded.errors,"
-            " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
-            " completion_tokens = completion_tokens + excluded.completion_tokens,"
-            " cost = cost + excluded.cost, latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum",
-            [(*k, *v) for k, v in hourly.items()])
-        db.conn.executemany(
-            "insert into usage_latency (hour, key_id, model, bucket, count) values (?, ?, ?, ?, ?)"
-            " on conflict (hour, key_id, model, bucket) do update set count = count + excluded.count",
-            [(*k, n) for k, n in latency.items()])
-        db.conn.executemany(
-            "insert into usage_latency_daily (day, key_id, model, bucket, count)"
-            " values (?, ?, ?, ?, ?) on conflict (day, key_id, model, bucket)"
-            " do update set count = count + excluded.count",
-            [(*k, n) for k, n in latency_daily.items()])
+            f"insert into usage ({', '.join(COLUMNS)}) values ({', '.join('?' * len(COLUMNS))})",
+            [tuple(r.get(c) for c in COLUMNS) for r in rows])
+        for table, period, sums in (("usage_hourly", "hour", hourly), ("usage_daily", "day", daily)):
+            db.conn.executemany(
+                f"insert into {table} ({period}, key_id, model, endpoint, {', '.join(_SUMS)})"
+                " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                f" on conflict ({period}, key_id, model, endpoint) do update set "
+                + ", ".join(f"{c} = {c} + excluded.{c}" for c in _SUMS),
+                [(*k, *v) for k, v in sums.items()])
+        for table, period, hists in (("usage_hist_hourly", "hour", hist_hourly),
+                                     ("usage_hist_daily", "day", hist_daily)):
+            db.conn.executemany(
+                f"insert into {table} ({period}, key_id, model, hist) values (?, ?, ?, ?)"
+                f" on conflict (key_id, {period}, model)"
+                " do update set hist = hist_merge(hist, excluded.hist)",
+                [(*k, encode_hist(c)) for k, c in hists.items()])
     return len(rows)
 
 
-def _where(start_hour: str, end_hour: str, key_id: str | None, model: str | None,
-           group: list[str], time_col: str = "hour") -> tuple[str, list]:
+# -- reads -------------------------------------------------------------------------------------
+
+def _where(start_day: str, end_day: str, key_id: str | None, model: str | None,
+           group: list[str], period: str) -> tuple[str, list]:
     """key_id None: every key (the ALL_KEYS roll-ups, or each key's own when grouping by key)."""
-    cut = len("YYYY-MM-DD") if time_col == "day" else len("YYYY-MM-DDTHH")
-    where = ["key_id = ?", f"{time_col} >= ?", f"{time_col} <= ?"]
-    args = [key_id, start_hour[:cut], end_hour[:cut]]
-    if key_id is None:
-        if "key" in group:
-            where[0] = "key_id != ?"
-        args[0] = ALL_KEYS
+    lo, hi = (start_day, end_day + "T99") if period == "hour" else (start_day, end_day)
+    if key_id is None and "key" in group:
+        where, args = ["key_id != ?", f"{period} >= ?", f"{period} <= ?"], [ALL_KEYS, lo, hi]
+    else:
+        where, args = ["key_id = ?", f"{period} >= ?", f"{period} <= ?"], [
+            ALL_KEYS if key_id is None else key_id, lo, hi]
     if model is not None:
         where.append("model = ?")
         args.append(model)
     return " where " + " and ".join(where), args
 
 
-def aggregate(db: Database, start_hour: str, end_hour: str, *, group: list[str],
-              key_id: str | None = None, model: str | None = None) -> list[dict]:
-    """Sums per group (`day`, `hour`, `model`, `key`, `endpoint`) over [start_hour, end_hour]
-    (both "YYYY-MM-DDTHH", inclusive)."""
-    cols = [f"{_GROUPS[g]} as {g}" for g in group]
-    where, args = _where(start_hour, end_hour, key_id, model, group)
-    sql = ("select " + ", ".join(cols + [
-        "sum(requests) as requests", "sum(errors) as errors",
-        "sum(prompt_tokens) as prompt_tokens", "sum(completion_tokens) as completion_tokens",
-        "sum(cost) as cost", "sum(latency_ms_sum) as latency_ms_sum"])
-        + " from usage_hourly" + where)
+def summary(db: Database, start_day: str, end_day: str, *, group: list[str],
+            key_id: str | None = None, model: str | None = None,
+            latency: bool = False) -> list[dict]:
+    """Sums per group over the days [start_day, end_day] ("YYYY-MM-DD", inclusive), ordered by
+    group. `group`: any of `day`, `hour` (read from the hourly roll-ups, else the daily ones),
+    `model`, `key`, `endpoint`. With `latency`, each row also has `hist` (a `Hist`, or None),
+    the latency histogram of its group (not available per endpoint).
+
+    key_id None: every key together, or each key apart when grouping by `key`."""
+    period = "hour" if "hour" in group else "day"
+    where, args = _where(start_day, end_day, key_id, model, group, period)
+    cols = [f"{_GROUPS[g]}" for g in group]
+    sums = ", ".join(f"sum({c})" for c in _SUMS)
+    sql = f"select {', '.join(cols + [sums])} from usage_{_PERIODS[period]}{where}"
     if group:
-        sql += " group by " + ", ".join(group) + " order by " + ", ".join(group)
-    return [dict(r) for r in db.query(sql, args) if r["requests"]]
+        sql += f" group by {', '.join(cols)} order by {', '.join(cols)}"
+    n = len(group)
+    out = [dict(zip(group, r[:n]), **dict(zip(_SUMS, r[n:])))
+           for r in db.conn.execute(sql, args) if r[n]]
+    if latency:
+        if "endpoint" in group:
+            raise ValueError("no latency histograms per endpoint")
+        hists = _histograms(db, period, where, args, cols)
+        for row in out:
+            row["hist"] = hists.get(tuple(row[g] for g in group))
+    return out
 
 
-def latency_histogram(db: Database, start_hour: str, end_hour: str, *, group: list[str],
-                      key_id: str | None = None, model: str | None = None) -> list[dict]:
-    """Histogram rows (group columns..., bucket, count) for latency percentiles; from the
-    daily histograms unless grouping by hour."""
-    group = [g for g in group if g != "endpoint"]
-    daily = "hour" not in group
-    exprs = {**_GROUPS, "day": "day"} if daily else _GROUPS
-    cols = [f"{exprs[g]} as {g}" for g in group] + ["bucket", "sum(count) as count"]
-    where, args = _where(start_hour, end_hour, key_id, model, group,
-                         "day" if daily else "hour")
-    table = "usage_latency_daily" if daily else "usage_latency"
-    sql = ("select " + ", ".join(cols) + f" from {table}" + where
-           + " group by " + ", ".join(group + ["bucket"]) + " order by " + ", ".join(group + ["bucket"]))
-    return [dict(r) for r in db.query(sql, args)]
+def _histograms(db: Database, period: str, where: str, args: list,
+                cols: list[str]) -> dict[tuple, Hist]:
+    """Group -> merged latency histogram, from the histogram roll-ups."""
+    parts: dict[tuple, list[Hist]] = collections.defaultdict(list)
+    n = len(cols)
+    for r in db.conn.execute(f"select {', '.join(cols + ['hist'])} from usage_hist_{_PERIODS[period]}"
+                             + where, args):
+        parts[r[:n]].append(decode_hist(r[n]))
+    return {g: merge_hists(hs) for g, hs in parts.items()}
 
 
 def recent(db: Database, limit: int = 100, *, key_id: str | None = None) -> list[dict]:

@@ -48,16 +48,29 @@ GPU_DEFAULT_SLOTS = 64
 
 @dataclass(eq=False)
 class _Job:
+    """A request and its generation progress. The progress lives here, not in the slot, so
+    that a preempted job (see `Engine._suspend`) keeps it while it waits for a slot again."""
     req: GenerationRequest
-    tokens: list[int]
+    tokens: list[int]  # the prompt
     loop: asyncio.AbstractEventLoop
     out: asyncio.Queue
-    chain: SamplerChain
+    chain: SamplerChain  # keeps penalty / grammar / RNG state across a preemption
+    text: TextStream
     backend: bool
     order: int
     submitted: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     ttft_sent: bool = False
+    generated: list[int] = field(default_factory=list)  # every token sampled so far
+    ids: list[int] = field(default_factory=list)  # sampled tokens not yet sent
+    lps: list[TokenLogprob] = field(default_factory=list)  # their logprobs
+    cached: int | None = None  # prompt tokens found in the KV cache; None until first started
+    first_at: float | None = None
+
+    def context(self) -> list[int]:
+        """The tokens to have in the KV cache before the next sample: the prompt, plus what
+        was generated before a preemption."""
+        return self.tokens + self.generated
 
     def send(self, item: Delta | BaseException) -> None:
         try:
@@ -74,12 +87,6 @@ class _Slot:
     todo: list[int] = field(default_factory=list)  # prompt tokens still to prefill
     last: int | None = None  # sampled token, decoded in the next step
     out_idx: int = -1  # batch index of this slot's logits in the current step
-    n_gen: int = 0
-    cached: int = 0
-    text: TextStream | None = None
-    ids: list[int] = field(default_factory=list)  # tokens not yet sent
-    lps: list[TokenLogprob] = field(default_factory=list)
-    first_at: float | None = None
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -234,7 +241,8 @@ class Engine:
         backend = self.backend_sampling and backend_capable(req.params)
         chain = SamplerChain(self.model, req.params, backend=backend)
         return _Job(req=req, tokens=tokens, loop=asyncio.get_running_loop(), out=asyncio.Queue(),
-                    chain=chain, backend=backend, order=next(self._order))
+                    chain=chain, text=TextStream(req.params.stop), backend=backend,
+                    order=next(self._order))
 
     def _submit(self, job: _Job) -> None:
         with self._cv:
@@ -245,9 +253,13 @@ class Engine:
                 job.chain.free()
                 raise ServiceUnavailableError(
                     f"model {self.model_id} is overloaded ({len(self._pending)} requests waiting); retry later")
-            heapq.heappush(self._pending, (int(job.req.priority), job.order, job))
+            self._enqueue(job)
             self.last_used = time.monotonic()
             self._cv.notify()
+
+    def _enqueue(self, job: _Job) -> None:
+        """Queue a job by priority, then arrival order (under the lock)."""
+        heapq.heappush(self._pending, (int(job.req.priority), job.order, job))
 
     def _cancel(self, job: _Job) -> None:
         with self._cv:
@@ -274,6 +286,7 @@ class Engine:
             "prompt_tokens_total": c["prompt_tokens"],
             "cached_tokens_total": c["cached_tokens"],
             "generated_tokens_total": c["generated_tokens"],
+            "preemptions_total": c["preemptions"],
             "tokens_per_second": round(sum(window) / 10.0, 2),
             "backend_sampling": self.backend_sampling,
             "model_bytes": self.model.info.size_bytes,
@@ -335,16 +348,26 @@ class Engine:
         slot.cache.clear()
 
     def _admit(self) -> None:
-        """Move waiting jobs (best priority first) into free slots; called under the lock."""
+        """Move waiting jobs (best priority first) into free slots; called under the lock.
+
+        Preemption: when no slot is free, a waiting job takes the slot of a running job of
+        lower priority (an interactive request never waits behind batch work)."""
         while self._pending:
-            free = [s for s in self._slots if s.job is None]
-            if not free:
-                return
-            _, _, job = heapq.heappop(self._pending)
+            _, _, job = self._pending[0]
             if job.cancelled:
+                heapq.heappop(self._pending)
                 job.chain.free()
                 continue
-            slot = max(free, key=lambda s: _common_prefix(s.cache, job.tokens))
+            free = [s for s in self._slots if s.job is None]
+            if not free:
+                victim = self._victim(job)
+                if victim is None:
+                    return
+                self._suspend(victim)
+                free = [victim]
+            heapq.heappop(self._pending)
+            tokens = job.context()
+            slot = max(free, key=lambda s: _common_prefix(s.cache, tokens))
             try:
                 self._start(slot, job)
             except Exception as e:
@@ -352,31 +375,52 @@ class Engine:
                 self._fail(slot, e)
 
     def _start(self, slot: _Slot, job: _Job) -> None:
-        keep = min(_common_prefix(slot.cache, job.tokens), len(job.tokens) - 1)
+        """Give the slot to the job: keep the KV of the longest common prefix, queue the rest
+        for prefill. A resumed (preempted) job prefills its prompt plus the tokens it had
+        generated, so its next sample sees exactly what it would have seen uninterrupted."""
+        tokens = job.context()
+        keep = min(_common_prefix(slot.cache, tokens), len(tokens) - 1)
         if not L.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
             L.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
             keep = 0
         del slot.cache[keep:]
-        slot.job, slot.todo, slot.last, slot.out_idx = job, job.tokens[keep:], None, -1
-        slot.n_gen, slot.cached, slot.first_at = 0, keep, None
-        slot.text = TextStream(job.req.params.stop)
-        slot.ids, slot.lps = [], []
+        slot.job, slot.todo, slot.last, slot.out_idx = job, tokens[keep:], None, -1
         if job.backend:
             L.llama_set_sampler(self.ctx, slot.seq, job.chain.ptr)
+        if job.cached is not None:  # resumed after a preemption: already counted
+            return
+        job.cached = keep
         self._counters["requests"] += 1
         self._counters["prompt_tokens"] += len(job.tokens)
         self._counters["cached_tokens"] += keep
         if job.req.params.max_tokens == 0:
             self._finish(slot, "length", "")
 
-    def _release(self, slot: _Slot) -> None:
+    def _victim(self, job: _Job) -> _Slot | None:
+        """The slot to preempt for `job`: among those running a job of lower priority, the one
+        that generated least, latest arrival first (the least work to redo); None if none."""
+        running = [s for s in self._slots if s.job.req.priority > job.req.priority]
+        return min(running, key=lambda s: (len(s.job.generated), -s.job.order), default=None)
+
+    def _suspend(self, slot: _Slot) -> None:
+        """Preempt the slot's job: back to the queue with its original place, keeping its
+        progress (generated tokens, text stream, sampler chain, unsent tokens). Its KV stays in
+        the slot until the next job overwrites it; `_start` re-prefills whatever is missing."""
+        self._enqueue(self._detach(slot))
+        self._counters["preemptions"] += 1
+
+    def _detach(self, slot: _Slot) -> _Job:
+        """Take the job off the slot (the KV cache and `slot.cache` are left as they are)."""
         job = slot.job
-        if job is None:
-            return
         if job.backend:
             L.llama_set_sampler(self.ctx, slot.seq, None)
-        job.chain.free()
-        slot.job, slot.todo, slot.last, slot.text = None, [], None, None
+        slot.job, slot.todo, slot.last = None, [], None
+        return job
+
+    def _release(self, slot: _Slot) -> None:
+        """The job is over (finished, failed or cancelled): free the slot and the job's chain."""
+        if slot.job is not None:
+            self._detach(slot).chain.free()
 
     def _step(self) -> None:
         b = self._batch
@@ -400,7 +444,7 @@ class Engine:
                 put(s.last, s, True)
                 s.last = None
         budget = self.n_batch - n
-        for s in sorted((s for s in active if s.todo), key=lambda s: s.job.order):
+        for s in sorted((s for s in active if s.todo), key=lambda s: (s.job.req.priority, s.job.order)):
             if budget <= 0:
                 break
             chunk, s.todo = s.todo[:budget], s.todo[budget:]
@@ -431,19 +475,19 @@ class Engine:
             tok = int(L.llama_get_sampled_token_ith(self.ctx, s.out_idx))
         else:
             tok = job.chain.sample(self.ctx, s.out_idx)
-        if s.first_at is None:
-            s.first_at = now
+        if job.first_at is None:
+            job.first_at = now
         if tok in self.model.eog_tokens and not p.ignore_eos:
             self._finish(s, "stop", "")
             return
-        s.n_gen += 1
-        s.ids.append(tok)
+        job.generated.append(tok)
+        job.ids.append(tok)
         if p.logprobs is not None:
-            s.lps.append(token_logprob(self.model, self.ctx, s.out_idx, tok, p.logprobs))
-        text = s.text.feed(self.model.piece(tok))
-        if s.text.stopped:
+            job.lps.append(token_logprob(self.model, self.ctx, s.out_idx, tok, p.logprobs))
+        text = job.text.feed(self.model.piece(tok))
+        if job.text.stopped:
             self._finish(s, "stop", text)
-        elif p.max_tokens is not None and s.n_gen >= p.max_tokens:
+        elif p.max_tokens is not None and len(job.generated) >= p.max_tokens:
             self._finish(s, "length", text)
         elif len(s.cache) >= self.slot_ctx:
             self._finish(s, "length", text)
@@ -454,16 +498,18 @@ class Engine:
 
     def _emit(self, s: _Slot, text: str, finish: str | None = None, usage: Usage | None = None) -> None:
         job = s.job
-        d = Delta(text=text, token_ids=s.ids, logprobs=s.lps if job.req.params.logprobs is not None else None,
-                  finish_reason=finish, usage=usage)
-        if s.first_at is not None and not job.ttft_sent:
-            d.ttft = s.first_at - job.submitted
+        d = Delta(text=text, token_ids=job.ids, finish_reason=finish, usage=usage,
+                  logprobs=job.lps if job.req.params.logprobs is not None else None)
+        if job.first_at is not None and not job.ttft_sent:
+            d.ttft = job.first_at - job.submitted
             job.ttft_sent = True
-        s.ids, s.lps = [], []
+        job.ids, job.lps = [], []
         job.send(d)
 
     def _finish(self, s: _Slot, reason: str, text: str) -> None:
-        text += s.text.finish()
-        usage = Usage(prompt_tokens=len(s.job.tokens), completion_tokens=s.n_gen, cached_tokens=s.cached)
+        job = s.job
+        text += job.text.finish()
+        usage = Usage(prompt_tokens=len(job.tokens), completion_tokens=len(job.generated),
+                      cached_tokens=job.cached)
         self._emit(s, text, reason, usage)
         self._release(s)

@@ -38,11 +38,10 @@ from typing import Any, Callable, Iterable, Iterator
 from sqlite_utils import Database
 
 from llmp.db import batches as batches_db
-from llmp.db import usage as usage_db
 from llmp.engine.types import Priority
 from llmp.errors import InvalidRequestError, LlmpError, NotFoundError, ServiceUnavailableError
 from llmp.ids import new_id
-from llmp.services import inference, timefmt
+from llmp.services import inference
 from llmp.services import usage as usage_service
 from llmp.services import webhooks
 from llmp.services.files import FileStore, Upload, clamp_limit, list_object, owner_scope
@@ -261,7 +260,7 @@ class Batches:
         file_id = body.get("input_file_id")
         if not isinstance(file_id, str) or not file_id:
             raise InvalidRequestError("Missing required parameter: 'input_file_id'",
-                                      param="input_file_id", code="missing_required_parameter")
+                                      param="input_file_id", code="missing_parameter")
         endpoint = body.get("endpoint")
         if endpoint not in ENDPOINTS:
             raise InvalidRequestError(
@@ -555,18 +554,12 @@ class BatchRunner:
             return
         recorded: list[dict] = []
         batches_db.record_results(self.db, items, on_recorded=recorded.append)
-        usage_db.insert_rows(self.db, [self._usage_row(r) for r in recorded])
-
-    def _usage_row(self, r: dict) -> dict:
-        """The usage row of a line, as `usage.record` writes one (in bulk here)."""
-        cost, _ = usage_service.cost_of(self.db, r["model"], r["prompt_tokens"],
-                                        r["completion_tokens"])
-        return {"request_id": r["request_id"], "created_at": timefmt.iso(),
-                "key_id": r["owner"] or "", "model": r["model"] or "", "endpoint": r["endpoint"],
-                "status": r["status_code"], "error_type": r["error_type"],
-                "prompt_tokens": r["prompt_tokens"], "completion_tokens": r["completion_tokens"],
-                "cached_tokens": 0, "cost": cost, "latency_ms": r["latency_ms"], "ttft_ms": None,
-                "batch_id": r["batch_id"]}
+        # stored and counted against the owner's quotas as they happen, like HTTP requests
+        usage_service.record_many(self.db, [usage_service.usage_row(
+            self.db, r["owner"], r["model"], r["endpoint"], r["prompt_tokens"],
+            r["completion_tokens"], r["latency_ms"], None, r["status_code"],
+            error_type=r["error_type"], request_id=r["request_id"], batch_id=r["batch_id"])
+            for r in recorded])
 
     async def _finalize(self, b: dict, to: str, allowed_from: tuple[str, ...]) -> None:
         """Write the output and error files from the persisted lines, register them and move

@@ -56,7 +56,7 @@ def check_purpose(purpose: str | None, *, allowed: Iterable[str] = UPLOAD_PURPOS
     allowed = tuple(allowed)
     if not purpose:
         raise InvalidRequestError("Missing required parameter: 'purpose'", param="purpose",
-                                  code="missing_required_parameter")
+                                  code="missing_parameter")
     if purpose not in allowed:
         hint = " (it is made by the server)" if purpose in SERVER_PURPOSES else ""
         raise InvalidRequestError(

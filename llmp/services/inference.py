@@ -54,7 +54,8 @@ def _number(body: dict, name: str, lo: float, hi: float | None, default: float |
         ok = ok and float(v).is_integer()
     if not ok or v < lo or (hi is not None and v > hi):
         kind = "an integer" if integer else "a number"
-        rng = f" from {lo:g}" + (f" to {hi:g}" if hi is not None else "")
+        fmt = (lambda x: str(int(x))) if integer else (lambda x: f"{x:g}")
+        rng = f" from {fmt(lo)}" + (f" to {fmt(hi)}" if hi is not None else "")
         raise _bad(f"Invalid '{name}': {v!r} must be {kind}{rng}", name)
     return int(v) if integer else float(v)
 
@@ -124,6 +125,50 @@ def _stream_flags(body: dict) -> tuple[bool, bool]:
         raise _bad("Invalid 'stream_options': must be an object", "stream_options")
     include_usage = bool((opts or {}).get("include_usage"))
     return stream, include_usage
+
+
+#: roles whose messages must carry content (assistant may carry tool_calls instead)
+_CONTENT_ROLES = ("system", "developer", "user", "tool", "function")
+
+
+def _messages(body: dict) -> list[dict]:
+    """`messages`: a non-empty array of objects, content a string or an array of parts
+    (required except on assistant turns, which may carry tool_calls/function_call only)."""
+    messages = _require(body, "messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise _bad(_ROLES_HINT, "messages")
+    for i, m in enumerate(messages):
+        content = m.get("content")
+        if content is None and m.get("role") in _CONTENT_ROLES:
+            raise _bad(f"Missing required parameter 'messages[{i}].content'",
+                       f"messages[{i}].content", "missing_parameter")
+        if content is not None and not isinstance(content, (str, list)):
+            raise _bad(f"Invalid 'messages[{i}].content': must be a string or an array of "
+                       "content parts", f"messages[{i}].content")
+    return messages
+
+
+def _tools(body: dict) -> tuple[list[dict] | None, list[dict] | None]:
+    """`tools` ({type: function, function: {name, ...}}) and legacy `functions` ({name, ...}),
+    and a `tool_choice` / `function_call` that needs them."""
+    tools, functions = body.get("tools"), body.get("functions")
+    for name, v in (("tools", tools), ("functions", functions)):
+        if v is not None and (not isinstance(v, list) or not all(isinstance(t, dict) for t in v)):
+            raise _bad(f"Invalid '{name}': must be an array of objects", name)
+    for i, t in enumerate(tools or []):
+        fn = t.get("function")
+        if t.get("type", "function") != "function" or not isinstance(fn, dict) \
+                or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise _bad(f"Invalid 'tools[{i}]': expected {{\"type\": \"function\", \"function\": "
+                       "{\"name\": ..., \"parameters\": {...}}}", f"tools[{i}]")
+    for i, f in enumerate(functions or []):
+        if not isinstance(f.get("name"), str) or not f["name"]:
+            raise _bad(f"Invalid 'functions[{i}]': a function needs a 'name'", f"functions[{i}]")
+    for choice, needs in (("tool_choice", "tools"), ("function_call", "functions")):
+        v = body.get(choice)
+        if not (tools or functions) and v is not None and v not in ("none", "auto"):
+            raise _bad(f"Invalid '{choice}': only allowed when '{needs}' are specified", choice)
+    return tools or None, functions or None
 
 
 def _model_id(body: dict) -> str:
@@ -237,11 +282,14 @@ class Call:
         return self.prompt_tokens + per_choice * len(self.requests)
 
     def metadata(self) -> dict:
-        """The spec's `metadata`. OpenAI's response schema has a `metadata` map of strings
-        (stored-completion tags) under the same name; the spec's numeric shape wins here."""
-        return {"request_id": self.request_id,
+        """The spec's `metadata` {request_id, processing_time_ms, model_version}. The spec shows
+        it (numeric time) on /completions, whose OpenAI schema has no `metadata`; OpenAI's chat
+        completion schema has `metadata` as a map of strings, so chat bodies carry the same
+        keys with string values (valid there, and no pydantic warnings in the openai client)."""
+        meta = {"request_id": self.request_id,
                 "processing_time_ms": round((time.perf_counter() - self.started) * 1000),
                 "model_version": self.model_version or self.model}
+        return {k: str(v) for k, v in meta.items()} if self.kind == "chat" else meta
 
     def _account(self, d: Delta) -> None:
         if d.ttft is not None and self.ttft is None:
@@ -414,9 +462,7 @@ def _requests(prompt: list[int], params: SamplingParams, n: int, *, priority: Pr
 async def prepare_chat(pool, body: dict, *, priority: Priority = Priority.INTERACTIVE,
                        request_id: str, model_version: str | None = None) -> Call:
     model = _model_id(body)
-    messages = _require(body, "messages")
-    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-        raise _bad(_ROLES_HINT, "messages")
+    messages = _messages(body)
     stream, include_usage = _stream_flags(body)
     n = _choices(body)
     max_tokens = _number(body, "max_completion_tokens", 1, None, None, integer=True)
@@ -427,17 +473,14 @@ async def prepare_chat(pool, body: dict, *, priority: Priority = Priority.INTERA
     if top is not None and not want_lp:
         raise _bad("'top_logprobs' requires 'logprobs': true", "top_logprobs")
     params = _sampling(body, max_tokens=max_tokens, logprobs=(top or 0) if want_lp else None)
-    tools, functions = body.get("tools"), body.get("functions")
-    for name, v in (("tools", tools), ("functions", functions)):
-        if v is not None and (not isinstance(v, list) or not all(isinstance(t, dict) for t in v)):
-            raise _bad(f"Invalid '{name}': must be an array of objects", name)
+    tools, functions = _tools(body)
     rf = body.get("response_format")
     if rf is not None and not isinstance(rf, dict):
         raise _bad("Invalid 'response_format': must be an object", "response_format")
     engine = await pool.get(model)
-    prompt = engine.render_chat(messages, tools=tools or None,
+    prompt = engine.render_chat(messages, tools=tools,
                                 tool_choice=body.get("tool_choice"), response_format=rf,
-                                functions=functions or None, function_call=body.get("function_call"))
+                                functions=functions, function_call=body.get("function_call"))
     if prompt.grammar:
         params.grammar = prompt.grammar
     tokens = engine.tokenize(prompt.prompt, add_special=False, parse_special=True)

@@ -108,9 +108,12 @@ def _positive(value: Any, param: str, typ: type) -> Any:
 def validate_create(body: dict) -> dict[str, Any]:
     """Check a POST /v1/auth/api-keys body; returns the columns of the new key."""
     name = body.get("name")
-    if not isinstance(name, str) or not name.strip():
+    if name is None:
         raise InvalidRequestError("Missing required parameter 'name'", param="name",
                                   code="missing_parameter")
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidRequestError("Invalid 'name': must be a non-empty string", param="name",
+                                  code="invalid_parameter")
     perms = body.get("permissions", DEFAULT_PERMISSIONS)
     if not isinstance(perms, list) or not perms or not all(isinstance(p, str) for p in perms):
         raise InvalidRequestError("'permissions' must be a non-empty list of strings",

@@ -16,9 +16,6 @@ Quotas: a key may carry monthly limits (`monthly_budget` in the model prices' cu
 """
 from __future__ import annotations
 
-import asyncio
-import importlib
-import inspect
 import logging
 import math
 import threading
@@ -26,9 +23,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from llmp.db import keys as db_keys
 from llmp.db import usage as db_usage
 from llmp.errors import QuotaExceededError, RateLimitError
-from llmp.services import timefmt
+from llmp.services import timefmt, usage
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +97,7 @@ class _Month:
 class Limiter:
     """Rate limits and quotas of every key, for one server process."""
 
-    #: re-read monthly totals at least this often (other writers: the batch runner)
+    #: re-read monthly totals at least this often (writers in other processes)
     MONTH_TTL = 5.0
 
     def __init__(self, db, clock: Callable[[], float] = time.time):
@@ -107,7 +105,10 @@ class Limiter:
         self.clock = clock
         self._buckets: dict[str, tuple[tuple[int, int], Bucket, Bucket]] = {}
         self._months: dict[str, _Month] = {}
+        self._keys: dict[str, dict] = {}  # the latest record seen of each key with a quota
         self._lock = threading.Lock()
+        if db is not None:
+            usage.on_recorded(db, self.settle)
 
     # -- rate limits ------------------------------------------------------------------
     @staticmethod
@@ -176,17 +177,22 @@ class Limiter:
                 "requests_per_month": key.get("requests_per_month"),
                 "tokens_per_month": key.get("tokens_per_month")}
 
-    def _month(self, key_id: str) -> _Month:
-        start = timefmt.iso(timefmt.month_start())[:13]
+    def _month(self, key_id: str) -> tuple[_Month, bool]:
+        """The key's counters this month, and whether they were just read from the database
+        (then they already include any rows recorded before this call)."""
+        start = timefmt.month_start()
+        start_hour = timefmt.iso(start)[:13]
         m = self._months.get(key_id)
-        if m is None or m.start != start or time.monotonic() - m.loaded > self.MONTH_TTL:
-            rows = db_usage.aggregate(self.db, start, "9999", group=[], key_id=key_id)
-            r = rows[0] if rows else {}
-            m = _Month(start, r.get("requests") or 0,
-                       (r.get("prompt_tokens") or 0) + (r.get("completion_tokens") or 0),
-                       r.get("cost") or 0.0, time.monotonic())
-            self._months[key_id] = m
-        return m
+        if m is not None and m.start == start_hour and time.monotonic() - m.loaded <= self.MONTH_TTL:
+            return m, False
+        rows = db_usage.summary(self.db, start.date().isoformat(), "9999-12-31", group=[],
+                                key_id=key_id)
+        r = rows[0] if rows else {}
+        m = _Month(start_hour, r.get("requests") or 0,
+                   (r.get("prompt_tokens") or 0) + (r.get("completion_tokens") or 0),
+                   r.get("cost") or 0.0, time.monotonic())
+        self._months[key_id] = m
+        return m, True
 
     @staticmethod
     def _exceeded(key: dict, m: _Month) -> str | None:
@@ -204,7 +210,8 @@ class Limiter:
         if not any(v is not None for v in self.quota_of(key).values()):
             return
         with self._lock:
-            what = self._exceeded(key, self._month(key["id"]))
+            self._keys[key["id"]] = key
+            what = self._exceeded(key, self._month(key["id"])[0])
         if what:
             start = timefmt.next_month_start()
             raise QuotaExceededError(
@@ -212,34 +219,47 @@ class Limiter:
                 f"{start.date().isoformat()}.",
                 headers={"Retry-After": str(max(1, int(start.timestamp() - self.clock())))})
 
-    def add_usage(self, key: dict, *, requests: int, tokens: int, cost: float) -> None:
-        """Count a finished request against the key's month (after `usage.record`); emits
-        `usage.limit.reached` when this request crosses a quota."""
-        if not any(v is not None for v in self.quota_of(key).values()):
-            return
-        with self._lock:
-            m = self._month(key["id"])
-            before = self._exceeded(key, m)
-            m.requests += requests
-            m.tokens += tokens
-            m.cost += cost
-            after = self._exceeded(key, m)
-        if after and not before:
-            _emit(self.db, "usage.limit.reached", {
-                "key_id": key["id"], "limit": after, "period_start": m.start[:10],
-                "usage": {"requests": m.requests, "tokens": m.tokens, "cost": round(m.cost, 6)},
-                "limits": self.quota_of(key)})
+    def settle(self, rows: list[dict]) -> None:
+        """Count freshly recorded usage rows (`usage.record_many` calls this for every writer
+        on the limiter's database: HTTP requests and the batch runner) against their keys'
+        months; emits `usage.limit.reached` for each key these rows take over a quota."""
+        month = timefmt.iso(timefmt.month_start())[:13]
+        added: dict[str, list] = {}
+        for r in rows:
+            if r["key_id"] and r["created_at"][:13] >= month:
+                a = added.setdefault(r["key_id"], [0, 0, 0.0])
+                a[0] += 1
+                a[1] += (r["prompt_tokens"] or 0) + (r["completion_tokens"] or 0)
+                a[2] += r["cost"] or 0.0
+        for key_id, (requests, tokens, cost) in added.items():
+            key = self._keys.get(key_id) or db_keys.by_id(self.db, key_id)
+            if key is None or not any(v is not None for v in self.quota_of(key).values()):
+                continue
+            with self._lock:
+                m, fresh = self._month(key_id)
+                if fresh:  # read after the rows were stored: they are counted already
+                    before = self._exceeded(key, _Month(m.start, m.requests - requests,
+                                                        m.tokens - tokens, m.cost - cost, 0.0))
+                else:
+                    before = self._exceeded(key, m)
+                    m.requests += requests
+                    m.tokens += tokens
+                    m.cost += cost
+                after = self._exceeded(key, m)
+            if after and not before:
+                _emit(self.db, "usage.limit.reached", {
+                    "key_id": key_id, "limit": after, "period_start": m.start[:10],
+                    "usage": {"requests": m.requests, "tokens": m.tokens,
+                              "cost": round(m.cost, 6)},
+                    "limits": self.quota_of(key)})
 
 
 def _emit(db, event: str, data: dict) -> None:
-    """Send a webhook event through llmp.services.webhooks when that module is installed."""
+    """Send a webhook event; a failure is logged, never raised into the request that
+    triggered it."""
+    from llmp.services import webhooks  # not at the top: webhooks -> keys -> limits
+
     try:
-        webhooks = importlib.import_module("llmp.services.webhooks")
-    except ImportError:
-        return
-    try:
-        result = webhooks.emit(db, event, data)
-        if inspect.isawaitable(result):
-            asyncio.ensure_future(result)
-    except Exception:  # a webhook failure must not fail the request that triggered it
+        webhooks.emit(db, event, data)
+    except Exception:
         log.exception("emitting webhook event %s failed", event)

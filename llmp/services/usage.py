@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import datetime as dt
 import tomllib
-from typing import Any
+import weakref
+from typing import Any, Callable
 
 from llmp.db import models as db_models
 from llmp.db import usage as db_usage
@@ -23,36 +24,54 @@ def cost_of(db, model: str | None, prompt_tokens: int, completion_tokens: int) -
     return cost, m.get("currency") or "USD"
 
 
+def usage_row(db, key_id: str | None, model: str | None, endpoint: str, prompt_tokens: int = 0,
+              completion_tokens: int = 0, latency_ms: float = 0.0, ttft_ms: float | None = None,
+              status: int = 200, *, error_type: str | None = None, cached_tokens: int = 0,
+              request_id: str | None = None, batch_id: str | None = None) -> dict[str, Any]:
+    """The usage row of one request (failed ones too), priced now, for `record_many`."""
+    cost, _ = cost_of(db, model, prompt_tokens, completion_tokens)
+    return {"request_id": request_id, "created_at": timefmt.iso(), "key_id": key_id or "",
+            "model": model or "", "endpoint": endpoint, "status": status,
+            "error_type": error_type, "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens, "cached_tokens": cached_tokens, "cost": cost,
+            "latency_ms": latency_ms, "ttft_ms": ttft_ms, "batch_id": batch_id}
+
+
+#: db -> what to call with every batch of rows recorded on it (the server's Limiter)
+_listeners: weakref.WeakKeyDictionary[Any, list[Callable[[list[dict]], None]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def on_recorded(db, listener: Callable[[list[dict]], None]) -> None:
+    """Call `listener(rows)` after each `record_many` on `db` (the limiter's monthly counters
+    follow every writer in the process this way: HTTP requests and the batch runner)."""
+    _listeners.setdefault(db, []).append(listener)
+
+
+def record_many(db, rows: list[dict[str, Any]]) -> None:
+    """Store usage rows (made by `usage_row`) in one transaction, then settle them into the
+    listeners (quota counters; `usage.limit.reached`)."""
+    if not rows:
+        return
+    db_usage.insert_rows(db, rows)
+    for listener in _listeners.get(db, ()):
+        listener(rows)
+
+
 def record(db, key_id: str | None, model: str | None, endpoint: str, prompt_tokens: int = 0,
            completion_tokens: int = 0, latency_ms: float = 0.0, ttft_ms: float | None = None,
-           status: int = 200, *, error_type: str | None = None, cached_tokens: int = 0,
-           request_id: str | None = None, batch_id: str | None = None) -> float:
-    """Record one request (failed ones too); returns its cost."""
-    cost, _ = cost_of(db, model, prompt_tokens, completion_tokens)
-    db_usage.insert_rows(db, [{
-        "request_id": request_id, "created_at": timefmt.iso(), "key_id": key_id or "",
-        "model": model or "", "endpoint": endpoint, "status": status, "error_type": error_type,
-        "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-        "cached_tokens": cached_tokens, "cost": cost, "latency_ms": latency_ms,
-        "ttft_ms": ttft_ms, "batch_id": batch_id}])
-    return cost
+           status: int = 200, **extra: Any) -> float:
+    """Record one request (failed ones too; `extra`: `usage_row`'s keywords); returns its cost."""
+    row = usage_row(db, key_id, model, endpoint, prompt_tokens, completion_tokens, latency_ms,
+                    ttft_ms, status, **extra)
+    record_many(db, [row])
+    return row["cost"]
 
 
-def _percentiles(hist: list[tuple[int, int]]) -> dict[str, float | None]:
-    """p50/p95/p99 (ms) from sorted (bucket, count) pairs."""
-    total = sum(c for _, c in hist)
-    out: dict[str, float | None] = {}
-    for p in PERCENTILES:
-        if not total:
-            out[f"p{p}_ms"] = None
-            continue
-        rank, seen = p / 100 * total, 0
-        for bucket, c in hist:
-            seen += c
-            if seen >= rank:
-                out[f"p{p}_ms"] = round(db_usage.bucket_value(bucket))
-                break
-    return out
+def _latency(hist: db_usage.Hist | None) -> dict[str, float | None]:
+    """p50/p95/p99 (ms) of a latency histogram."""
+    values = db_usage.hist_percentiles(hist, PERCENTILES) if hist else [None] * len(PERCENTILES)
+    return {f"p{p}_ms": None if v is None else round(v) for p, v in zip(PERCENTILES, values)}
 
 
 def _date(value: str | None, param: str) -> dt.date | None:
@@ -81,39 +100,33 @@ def report(db, *, start_date: str | None = None, end_date: str | None = None,
     if start > end:
         raise InvalidRequestError("'start_date' is after 'end_date'", param="start_date",
                                   code="invalid_parameter")
-    lo, hi = start.isoformat() + "T00", end.isoformat() + "T23"
-    group = [granularity, group_by]
-    rows = db_usage.aggregate(db, lo, hi, group=group, key_id=key_id, model=model)
-    hists: dict[tuple, list[tuple[int, int]]] = {}
-    for h in db_usage.latency_histogram(db, lo, hi, group=group, key_id=key_id, model=model):
-        hists.setdefault((h[granularity], h[group_by]), []).append((h["bucket"], h["count"]))
-    all_hist: dict[int, int] = {}
-    for hist in hists.values():
-        for b, c in hist:
-            all_hist[b] = all_hist.get(b, 0) + c
-    data, tot_req, tot_tok, tot_cost = [], 0, 0, 0.0
+    rows = db_usage.summary(db, start.isoformat(), end.isoformat(),
+                            group=[granularity, group_by], key_id=key_id, model=model,
+                            latency=True)
+    name = "model" if group_by == "model" else "key_id"
+    data = []
     for r in rows:
-        tokens = r["prompt_tokens"] + r["completion_tokens"]
+        prompt, completion = r["prompt_tokens"], r["completion_tokens"]
         entry: dict[str, Any] = {"date": r[granularity][:10]}
         if granularity == "hour":
             entry["hour"] = r["hour"] + ":00:00Z"
-        entry[group_by if group_by == "model" else "key_id"] = r[group_by]
-        entry.update({
-            "requests": r["requests"],
-            "errors": r["errors"],
-            "tokens": {"prompt_tokens": r["prompt_tokens"],
-                       "completion_tokens": r["completion_tokens"], "total_tokens": tokens},
-            "cost": {"amount": round(r["cost"], 6), "currency": "USD"},
-            "latency": _percentiles(hists.get((r[granularity], r[group_by]), [])),
-        })
+        entry[name] = r[group_by]
+        entry["requests"] = r["requests"]
+        entry["errors"] = r["errors"]
+        entry["tokens"] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                           "total_tokens": prompt + completion}
+        entry["cost"] = {"amount": round(r["cost"], 6), "currency": "USD"}
+        entry["latency"] = _latency(r["hist"])
         data.append(entry)
-        tot_req += r["requests"]
-        tot_tok += tokens
-        tot_cost += r["cost"]
+    total = db_usage.summary(db, start.isoformat(), end.isoformat(), group=[], key_id=key_id,
+                             model=model, latency=True)
+    t = total[0] if total else {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                "cost": 0.0, "hist": None}
     return {"object": "usage", "start_date": start.isoformat(), "end_date": end.isoformat(),
             "granularity": granularity, "data": data,
-            "total": {"requests": tot_req, "tokens": tot_tok, "cost": round(tot_cost, 6),
-                      "latency": _percentiles(sorted(all_hist.items()))}}
+            "total": {"requests": t["requests"],
+                      "tokens": t["prompt_tokens"] + t["completion_tokens"],
+                      "cost": round(t["cost"], 6), "latency": _latency(t["hist"])}}
 
 
 def payment_method(settings) -> dict | None:
@@ -131,9 +144,9 @@ def billing(db, settings, *, key: dict | None, quota: dict | None) -> dict[str, 
     """The /v1/usage/billing body for one key (or every key when `key` is None)."""
     start = timefmt.month_start()
     nxt = timefmt.next_month_start()
-    last_hour = timefmt.iso(nxt - dt.timedelta(hours=1))[:13]
-    rows = db_usage.aggregate(db, timefmt.iso(start)[:13], last_hour, group=[],
-                              key_id=key["id"] if key else None)
+    rows = db_usage.summary(db, start.date().isoformat(),
+                            (nxt - dt.timedelta(days=1)).date().isoformat(), group=[],
+                            key_id=key["id"] if key else None)
     r = rows[0] if rows else {}
     return {
         "object": "billing",

@@ -59,7 +59,7 @@ async def upload(request: web.Request) -> web.Response:
                 await part.release()
         if up is None:
             raise InvalidRequestError("Missing required parameter: 'file'", param="file",
-                                      code="missing_required_parameter")
+                                      code="missing_parameter")
         purpose = check_purpose(purpose)
     except BaseException:
         if up is not None:

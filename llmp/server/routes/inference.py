@@ -90,11 +90,11 @@ async def _serve(request: web.Request, prepare: Prepare, endpoint: str) -> web.S
         if reserved:
             limiter.settle_tokens(key, reserved, prompt + completion)
         ttft = call.ttft if call else None
-        cost = usage.record(db, key["id"], model, endpoint, prompt, completion, latency * 1000,
-                            ttft * 1000 if ttft is not None else None, status,
-                            error_type=error_type, request_id=request[REQUEST_ID],
-                            cached_tokens=call.usage.cached_tokens if call else 0)
-        limiter.add_usage(key, requests=1, tokens=prompt + completion, cost=cost)
+        # stored, and counted against the key's quotas (the limiter listens to usage.record)
+        usage.record(db, key["id"], model, endpoint, prompt, completion, latency * 1000,
+                     ttft * 1000 if ttft is not None else None, status,
+                     error_type=error_type, request_id=request[REQUEST_ID],
+                     cached_tokens=call.usage.cached_tokens if call else 0)
         if call is not None:
             app[METRICS].observe_inference(call.model, prompt, completion, latency, ttft)
 
