@@ -125,6 +125,7 @@ async def main(args: argparse.Namespace) -> dict:
         while engine.stats()["slots_busy"] < slots:
             await asyncio.sleep(0.01)
         busy = await ttfts(pool, args.interactive)
+        preemptions = engine.stats()["preemptions_total"]
         still_running = batches.get(bid, KEY)["status"] == "in_progress"
         batches.cancel(bid, KEY)
         await wait_batch(batches, bid)
@@ -142,6 +143,7 @@ async def main(args: argparse.Namespace) -> dict:
         "ttft_mean_idle_ms": round(statistics.mean(idle) * 1000, 1),
         "ttft_batch_max_tokens": args.ttft_max_tokens,
         "batch_running_during_ttft": still_running,
+        "preemptions": preemptions,
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
 

@@ -15,7 +15,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from llmp import errors
 from llmp.config import Settings, load_settings
@@ -66,11 +66,16 @@ def decode_error(status: int, raw: bytes) -> errors.LlmpError:
 #: bytes read from disk at a time when streaming an upload
 CHUNK = 1 << 20
 
+#: `progress(bytes_sent, bytes_total)` during an upload
+Progress = Callable[[int, int], None]
 
-def _multipart(fields: dict[str, Any]) -> tuple[Iterator[bytes], int, str]:
+
+def _multipart(fields: dict[str, Any], progress: Progress | None = None,
+               ) -> tuple[Iterator[bytes], int, str]:
     """Encode `files=` for a multipart upload, streamed: values are str, (filename, bytes) or
     (filename, Path) (read from disk CHUNK bytes at a time, never whole). Returns the body's
-    chunks, its length (sent as Content-Length) and the content type."""
+    chunks, its length (sent as Content-Length) and the content type; `progress(sent, total)`
+    is called as the chunks go."""
     boundary = uuid.uuid4().hex
     parts: list[bytes | Path] = []
     for name, value in fields.items():
@@ -84,16 +89,24 @@ def _multipart(fields: dict[str, Any]) -> tuple[Iterator[bytes], int, str]:
                          f"\r\n\r\n{value}\r\n".encode())
     parts.append(f"--{boundary}--\r\n".encode())
 
-    def chunks() -> Iterator[bytes]:
+    length = sum(p.stat().st_size if isinstance(p, Path) else len(p) for p in parts)
+
+    def pieces() -> Iterator[bytes]:
         for part in parts:
             if isinstance(part, Path):
                 with part.open("rb") as f:
-                    while chunk := f.read(CHUNK):
-                        yield chunk
+                    yield from iter(lambda: f.read(CHUNK), b"")
             else:
                 yield part
 
-    length = sum(p.stat().st_size if isinstance(p, Path) else len(p) for p in parts)
+    def chunks() -> Iterator[bytes]:
+        sent = 0
+        for chunk in pieces():
+            yield chunk
+            sent += len(chunk)
+            if progress:
+                progress(sent, length)
+
     return chunks(), length, f"multipart/form-data; boundary={boundary}"
 
 
@@ -108,7 +121,8 @@ class Client:
         self.timeout = timeout
 
     def _open(self, method: str, path: str, *, json_body: Any = None,
-              params: dict | None = None, files: dict | None = None):
+              params: dict | None = None, files: dict | None = None,
+              progress: Progress | None = None):
         url = self.url + path
         if params:
             url += "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
@@ -117,7 +131,7 @@ class Client:
             headers["Authorization"] = f"Bearer {self.api_key}"
         data = None
         if files is not None:
-            data, length, headers["Content-Type"] = _multipart(files)
+            data, length, headers["Content-Type"] = _multipart(files, progress)
             headers["Content-Length"] = str(length)
         elif json_body is not None:
             data = json.dumps(json_body).encode()
@@ -134,10 +148,13 @@ class Client:
                 "or point LLMP_URL at a running one") from None
 
     def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
-                files: dict | None = None, stream: bool = False) -> Any:
+                files: dict | None = None, stream: bool = False,
+                progress: Progress | None = None) -> Any:
         """Call the API; returns the decoded JSON body (bytes for non-JSON bodies), or with
-        `stream=True` an iterator over the SSE events' JSON objects."""
-        resp = self._open(method, path, json_body=json, params=params, files=files)
+        `stream=True` an iterator over the SSE events' JSON objects. `files` values may be
+        (filename, Path): the file is streamed from disk, reported to `progress`."""
+        resp = self._open(method, path, json_body=json, params=params, files=files,
+                          progress=progress)
         if stream:
             return self._events(resp)
         with resp:

@@ -145,7 +145,7 @@ def _insert_before_0030(db, rows: list[dict]) -> None:
 def test_upgrade_backfills_the_summaries(tmp_path):
     rows = _rows()
     old = connect(tmp_path / "old.db", migrate=False)
-    MIGRATIONS.apply(old, stop_before="0030_usage_summaries")
+    MIGRATIONS.apply(old, stop_before="0030_usage_summaries")  # then 0030, 0031
     _insert_before_0030(old, rows)
     upgraded = connect(tmp_path / "old.db")  # applies 0030
     fresh = connect(tmp_path / "fresh.db")

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from llmp.cli.ui import JsonOpt, console, human_bytes, print_json
+from llmp.cli.ui import JsonOpt, console, err_console, human_bytes, print_json
 from llmp.client import Client
 from llmp.errors import InvalidRequestError
 from llmp.services.files import PURPOSES, UPLOAD_PURPOSES
@@ -17,15 +18,27 @@ app = typer.Typer(help="Upload, list, show, download and delete files (batch inp
                   "fine-tuning data).", no_args_is_help=True)
 
 
+#: uploads of at least this many bytes show a progress bar
+PROGRESS_MIN = 8 << 20
+
+
 def when(ts: int | None) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
 def upload_file(client: Client, path: Path, purpose: str) -> dict:
+    """Upload `path`, streamed from disk; a progress bar on stderr for files of PROGRESS_MIN
+    bytes or more."""
     if not path.is_file():
         raise InvalidRequestError(f"no such file: {path}")
-    return client.request("POST", "/v1/files", files={"purpose": purpose,
-                                                      "file": (path.name, path)})
+    files = {"purpose": purpose, "file": (path.name, path)}
+    if path.stat().st_size < PROGRESS_MIN:
+        return client.request("POST", "/v1/files", files=files)
+    with Progress(TextColumn("uploading {task.description}"), BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task(path.name, total=None)
+        return client.request("POST", "/v1/files", files=files, progress=lambda sent, total:
+                              bar.update(task, completed=sent, total=total))
 
 
 @app.command()

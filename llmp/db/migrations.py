@@ -310,3 +310,18 @@ def m0030_usage_summaries(db: Database) -> None:
             ((*k, encode_hist({r[3]: r[4] for r in group}))
              for k, group in groupby(rows, key=lambda r: r[:3])))
         db.execute(f"drop table {old}")
+
+
+@MIGRATIONS(name="0031_usage_hist_percentiles")
+def m0031_usage_hist_percentiles(db: Database) -> None:
+    # Each latency histogram row keeps its p50/p95/p99 ("p50,p95,p99", ms): a report entry
+    # made of one histogram row (a year by hour: ~44,000 of them) reads them as they are.
+    from llmp.db.usage import decode_hist, hist_percentiles
+
+    for table, period in (("usage_hist_hourly", "hour"), ("usage_hist_daily", "day")):
+        db.execute(f"alter table {table} add column percentiles text")
+        rows = db.execute(f"select key_id, {period}, model, hist from {table}").fetchall()
+        db.conn.executemany(
+            f"update {table} set percentiles = ? where key_id = ? and {period} = ? and model = ?",
+            ((",".join(map(str, hist_percentiles(decode_hist(h)))), k, t, m)
+             for k, t, m, h in rows))

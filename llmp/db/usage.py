@@ -5,7 +5,8 @@ Every insert also folds the rows, in the same transaction, into
 * `usage_hourly` / `usage_daily`: counts, tokens, cost and latency sum per period, key, model
   and endpoint;
 * `usage_hist_hourly` / `usage_hist_daily`: one latency histogram per period, key and model
-  (log-spaced buckets, stored compactly as one text value, see `encode_hist`),
+  (log-spaced buckets, stored compactly as one text value, see `encode_hist`) with its
+  p50/p95/p99, so that a report entry made of one histogram row reads three numbers,
 
 once under the row's key and once under `ALL_KEYS`, so that a report over every key reads one
 roll-up row per period and model: a year by hour is ~8,760 x models rows, by day ~365 x models,
@@ -33,6 +34,9 @@ ALL_KEYS = "*"
 
 #: a latency histogram: (first bucket, counts of that bucket and the following ones)
 Hist = tuple[int, list[int]]
+
+#: the latency percentiles kept with each histogram row (columns p50, p95, p99; ms, rounded)
+PERCENTILES = (50, 95, 99)
 
 COLUMNS = ("request_id", "created_at", "key_id", "model", "endpoint", "status", "error_type",
            "prompt_tokens", "completion_tokens", "cached_tokens", "cost", "latency_ms",
@@ -85,15 +89,20 @@ def _merge_text(old: str | None, new: str) -> str:
     return encode_hist({lo + i: c for i, c in enumerate(counts) if c})
 
 
-def hist_percentiles(hist: Hist, percentiles: Sequence[float]) -> list[float | None]:
-    """The representative latency (ms) of the bucket holding each percentile (nearest rank:
-    the first bucket whose running count reaches p% of the total); None when empty."""
-    lo, counts = hist
+def hist_percentiles(hist: Hist | None) -> tuple[int | None, ...]:
+    """p50/p95/p99 (ms, rounded): the representative latency of the bucket holding each
+    percentile (nearest rank: the first bucket whose running count reaches p% of the total)."""
+    lo, counts = hist or (0, [])
     cum = list(accumulate(counts))
     total = cum[-1] if cum else 0
     if not total:
-        return [None] * len(percentiles)
-    return [bucket_value(lo + bisect_left(cum, p / 100 * total)) for p in percentiles]
+        return (None,) * len(PERCENTILES)
+    return tuple(round(bucket_value(lo + bisect_left(cum, p / 100 * total))) for p in PERCENTILES)
+
+
+def _percentiles_text(text: str) -> str:
+    """SQL `hist_percentiles(hist)` -> "p50,p95,p99"."""
+    return ",".join(map(str, hist_percentiles(decode_hist(text))))
 
 
 # -- writes ------------------------------------------------------------------------------------
@@ -121,6 +130,7 @@ def insert_rows(db: Database, rows: Iterable[dict[str, Any]]) -> int:
             hist_daily[(hour[:10], key_id, model)][bucket] += 1
     with _lock, db.atomic():
         db.register_function(_merge_text, deterministic=True, name="hist_merge")
+        db.register_function(_percentiles_text, deterministic=True, name="hist_percentiles")
         db.conn.executemany(
             f"insert into usage ({', '.join(COLUMNS)}) values ({', '.join('?' * len(COLUMNS))})",
             [tuple(r.get(c) for c in COLUMNS) for r in rows])
@@ -138,6 +148,9 @@ def insert_rows(db: Database, rows: Iterable[dict[str, Any]]) -> int:
                 f" on conflict (key_id, {period}, model)"
                 " do update set hist = hist_merge(hist, excluded.hist)",
                 [(*k, encode_hist(c)) for k, c in hists.items()])
+            db.conn.executemany(
+                f"update {table} set percentiles = hist_percentiles(hist)"
+                f" where {period} = ? and key_id = ? and model = ?", hists.keys())
     return len(rows)
 
 
@@ -163,8 +176,8 @@ def summary(db: Database, start_day: str, end_day: str, *, group: list[str],
             latency: bool = False) -> list[dict]:
     """Sums per group over the days [start_day, end_day] ("YYYY-MM-DD", inclusive), ordered by
     group. `group`: any of `day`, `hour` (read from the hourly roll-ups, else the daily ones),
-    `model`, `key`, `endpoint`. With `latency`, each row also has `hist` (a `Hist`, or None),
-    the latency histogram of its group (not available per endpoint).
+    `model`, `key`, `endpoint`. With `latency`, each row also has `latency`: the p50/p95/p99
+    (ms) of its group, None each without a histogram (not available per endpoint).
 
     key_id None: every key together, or each key apart when grouping by `key`."""
     period = "hour" if "hour" in group else "day"
@@ -180,21 +193,25 @@ def summary(db: Database, start_day: str, end_day: str, *, group: list[str],
     if latency:
         if "endpoint" in group:
             raise ValueError("no latency histograms per endpoint")
-        hists = _histograms(db, period, where, args, cols)
+        latency = _latencies(db, period, where, args, cols)
+        none = (None,) * len(PERCENTILES)
         for row in out:
-            row["hist"] = hists.get(tuple(row[g] for g in group))
+            row["latency"] = latency.get(tuple(row[g] for g in group), none)
     return out
 
 
-def _histograms(db: Database, period: str, where: str, args: list,
-                cols: list[str]) -> dict[tuple, Hist]:
-    """Group -> merged latency histogram, from the histogram roll-ups."""
-    parts: dict[tuple, list[Hist]] = collections.defaultdict(list)
+def _latencies(db: Database, period: str, where: str, args: list,
+               cols: list[str]) -> dict[tuple, tuple[int | None, ...]]:
+    """Group -> its p50/p95/p99: stored with the histogram row when the group is one row,
+    else computed from the merged histograms."""
+    parts: dict[tuple, list[tuple[str, str]]] = collections.defaultdict(list)
     n = len(cols)
-    for r in db.conn.execute(f"select {', '.join(cols + ['hist'])} from usage_hist_{_PERIODS[period]}"
-                             + where, args):
-        parts[r[:n]].append(decode_hist(r[n]))
-    return {g: merge_hists(hs) for g, hs in parts.items()}
+    for r in db.conn.execute(f"select {', '.join(cols + ['hist', 'percentiles'])}"
+                             f" from usage_hist_{_PERIODS[period]}" + where, args):
+        parts[r[:n]].append(r[n:])
+    return {g: (tuple(int(v) for v in hs[0][1].split(",")) if len(hs) == 1 else
+                hist_percentiles(merge_hists([decode_hist(h) for h, _ in hs])))
+            for g, hs in parts.items()}
 
 
 def recent(db: Database, limit: int = 100, *, key_id: str | None = None) -> list[dict]:

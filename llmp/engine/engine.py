@@ -13,6 +13,11 @@ Prefix cache: each slot keeps the tokens whose KV it holds; a new request goes t
 slot sharing the longest prefix with its prompt, `llama_memory_seq_rm` drops the rest and
 only the new suffix is prefilled (`usage.cached_tokens`).
 
+Preemption: an interactive request that finds every slot busy takes the slot of the batch
+job that generated least. That job goes back to the queue keeping its progress (tokens,
+text stream, sampler chain); when admitted again it prefills prompt + generated tokens (only
+the missing suffix, thanks to the prefix cache) and goes on as if never interrupted.
+
 Sampling: on the CPU per slot (`llama_sampler_sample`), or, when `backend_sampling` is on
 and the request's parameters allow it (see `sampling.backend_capable`), inside the decode
 graph via `llama_set_sampler` + `llama_get_sampled_token_ith` -- much faster on a GPU at
@@ -84,7 +89,7 @@ class _Slot:
     seq: int
     cache: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds
     job: _Job | None = None
-    todo: list[int] = field(default_factory=list)  # prompt tokens still to prefill
+    todo: list[int] = field(default_factory=list)  # tokens still to prefill
     last: int | None = None  # sampled token, decoded in the next step
     out_idx: int = -1  # batch index of this slot's logits in the current step
 
@@ -406,7 +411,11 @@ class Engine:
         """Preempt the slot's job: back to the queue with its original place, keeping its
         progress (generated tokens, text stream, sampler chain, unsent tokens). Its KV stays in
         the slot until the next job overwrites it; `_start` re-prefills whatever is missing."""
-        self._enqueue(self._detach(slot))
+        job = self._detach(slot)
+        if job.backend:  # llama.cpp attaches a backend chain only once: resume with a new one
+            job.chain.free()  # (stateless for greedy; a seeded draw restarts from its seed)
+            job.chain = SamplerChain(self.model, job.req.params, backend=True)
+        self._enqueue(job)
         self._counters["preemptions"] += 1
 
     def _detach(self, slot: _Slot) -> _Job:
@@ -444,6 +453,7 @@ class Engine:
                 put(s.last, s, True)
                 s.last = None
         budget = self.n_batch - n
+        # prefill budget: interactive jobs first, then by arrival
         for s in sorted((s for s in active if s.todo), key=lambda s: (s.job.req.priority, s.job.order)):
             if budget <= 0:
                 break

@@ -62,8 +62,8 @@ class SamplerChain:
                     raise InvalidRequestError("invalid grammar (GBNF did not parse)", param="grammar")
                 add(g)
             if p.frequency_penalty or p.presence_penalty or p.repeat_penalty != 1.0:
-                add(L.llama_sampler_init_penalties(64, p.repeat_penalty, p.frequency_penalty,
-                                                   p.presence_penalty))
+                add(L.llama_sampler_init_penalties(model.n_vocab, 64, p.repeat_penalty,
+                                                   p.frequency_penalty, p.presence_penalty))
         if p.temperature <= 0:
             add(L.llama_sampler_init_greedy())
             return

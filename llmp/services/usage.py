@@ -11,7 +11,7 @@ from llmp.db import usage as db_usage
 from llmp.errors import InvalidRequestError
 from llmp.services import timefmt
 
-PERCENTILES = (50, 95, 99)
+PERCENTILES = db_usage.PERCENTILES
 
 
 def cost_of(db, model: str | None, prompt_tokens: int, completion_tokens: int) -> tuple[float, str]:
@@ -68,10 +68,12 @@ def record(db, key_id: str | None, model: str | None, endpoint: str, prompt_toke
     return row["cost"]
 
 
-def _latency(hist: db_usage.Hist | None) -> dict[str, float | None]:
-    """p50/p95/p99 (ms) of a latency histogram."""
-    values = db_usage.hist_percentiles(hist, PERCENTILES) if hist else [None] * len(PERCENTILES)
-    return {f"p{p}_ms": None if v is None else round(v) for p, v in zip(PERCENTILES, values)}
+def _latency(values: tuple[int | None, ...]) -> dict[str, int | None]:
+    """{"p50_ms": ..., "p95_ms": ..., "p99_ms": ...}"""
+    return dict(zip(_LATENCY_NAMES, values))
+
+
+_LATENCY_NAMES = [f"p{p}_ms" for p in PERCENTILES]
 
 
 def _date(value: str | None, param: str) -> dt.date | None:
@@ -116,17 +118,17 @@ def report(db, *, start_date: str | None = None, end_date: str | None = None,
         entry["tokens"] = {"prompt_tokens": prompt, "completion_tokens": completion,
                            "total_tokens": prompt + completion}
         entry["cost"] = {"amount": round(r["cost"], 6), "currency": "USD"}
-        entry["latency"] = _latency(r["hist"])
+        entry["latency"] = _latency(r["latency"])
         data.append(entry)
     total = db_usage.summary(db, start.isoformat(), end.isoformat(), group=[], key_id=key_id,
                              model=model, latency=True)
     t = total[0] if total else {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                                "cost": 0.0, "hist": None}
+                                "cost": 0.0, "latency": (None,) * len(PERCENTILES)}
     return {"object": "usage", "start_date": start.isoformat(), "end_date": end.isoformat(),
             "granularity": granularity, "data": data,
             "total": {"requests": t["requests"],
                       "tokens": t["prompt_tokens"] + t["completion_tokens"],
-                      "cost": round(t["cost"], 6), "latency": _latency(t["hist"])}}
+                      "cost": round(t["cost"], 6), "latency": _latency(t["latency"])}}
 
 
 def payment_method(settings) -> dict | None:
