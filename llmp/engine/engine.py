@@ -368,7 +368,7 @@ class Engine:
                 victim = self._victim(job)
                 if victim is None:
                     return
-                self._suspend(victim)
+                self._suspend(victim)  # queued behind `job`: its priority is lower
                 free = [victim]
             heapq.heappop(self._pending)
             tokens = job.context()
@@ -382,7 +382,8 @@ class Engine:
     def _start(self, slot: _Slot, job: _Job) -> None:
         """Give the slot to the job: keep the KV of the longest common prefix, queue the rest
         for prefill. A resumed (preempted) job prefills its prompt plus the tokens it had
-        generated, so its next sample sees exactly what it would have seen uninterrupted."""
+        generated, so its next sample sees the context it would have had uninterrupted (a
+        recomputed KV can differ in the last bits: greedy output stays the same)."""
         tokens = job.context()
         keep = min(_common_prefix(slot.cache, tokens), len(tokens) - 1)
         if not L.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
