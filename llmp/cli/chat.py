@@ -63,6 +63,22 @@ def _stream_reply(client: Client, model: str, messages: list[dict]) -> str:
     return text
 
 
+def _reply_fitting_context(client: Client, session: dict, history: list[dict]) -> str:
+    """Stream the reply to `history`; when the conversation no longer fits the model's context,
+    leave the oldest turns out of the request (as chat UIs do) and say so. The saved history
+    keeps every message."""
+    sent = list(history)
+    while True:
+        try:
+            return _stream_reply(client, session["model"], chat_service.api_messages(session, sent))
+        except LlmpError as e:
+            if e.code != "context_length_exceeded" or len(sent) <= 1:
+                raise
+            drop = 2 if len(sent) > 2 else 1
+            sent = sent[drop:]
+            console.print("[dim](older messages left out to fit the model's context)[/dim]")
+
+
 def _command(line: str, client: Client, db, session: dict, history: list[dict]) -> bool:
     """Run a /command; returns False to leave the chat."""
     cmd, _, arg = line.partition(" ")
@@ -138,8 +154,7 @@ def chat(
             continue
         history.append({"role": "user", "content": line})
         try:
-            reply = _stream_reply(client, session["model"],
-                                  chat_service.api_messages(session, history))
+            reply = _reply_fitting_context(client, session, history)
         except LlmpError as e:
             console.print(f"[red]Error:[/red] {e.message}")
             history.pop()
