@@ -1,6 +1,6 @@
 """Authentication and permissions: `@requires("inference")` on every protected handler.
 
-The handler runs with `request["key"]` set to the key record (id, name, permissions, tier,
+The handler runs with `request[API_KEY]` set to the key record (id, name, permissions, tier,
 ...). Order of checks: the key (401 missing/invalid/expired/revoked), the permission (403),
 the key's request rate (429 with Retry-After).
 """
@@ -13,7 +13,7 @@ from aiohttp import web
 
 from llmp.errors import PermissionDeniedError
 from llmp.services import keys as keys_service
-from llmp.server.state import DB, LIMITER
+from llmp.server.state import API_KEY, DB, LIMITER
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -32,7 +32,7 @@ def requires(permission: str) -> Callable[[Handler], Handler]:
         @functools.wraps(handler)
         async def wrapped(request: web.Request) -> web.StreamResponse:
             key = keys_service.authenticate(request.app[DB], bearer(request))
-            request["key"] = key
+            request[API_KEY] = key
             if not keys_service.has_permission(key, permission):
                 raise PermissionDeniedError(f"This API key lacks the '{permission}' permission")
             request.app[LIMITER].take_request(key)

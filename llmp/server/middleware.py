@@ -17,11 +17,10 @@ from aiohttp import web
 from llmp.errors import (InvalidRequestError, LlmpError, NotFoundError, PayloadTooLargeError,
                          ServerError)
 from llmp.ids import new_id
-from llmp.server.state import LIMITER, METRICS
+from llmp.server.state import API_KEY, LIMITER, METRICS, REQUEST_ID
 
 log = logging.getLogger("llmp.server")
 
-REQUEST_ID = "request_id"
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
@@ -78,7 +77,7 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
     """Headers every response gets: the request id and, when a key was authenticated, its
     rate-limit state."""
     response.headers["x-request-id"] = request.get(REQUEST_ID) or new_id("req")
-    key = request.get("key")
+    key = request.get(API_KEY)
     if key is not None:
         for name, value in request.app[LIMITER].state(key).headers().items():
             response.headers.setdefault(name, value)

@@ -15,3 +15,7 @@ POOL = web.AppKey("pool", ModelPool)
 LIMITER = web.AppKey("limiter", Limiter)
 METRICS = web.AppKey("metrics", Metrics)
 STARTED_AT = web.AppKey("started_at", float)  # time.time() when the app was made
+
+# per-request storage
+REQUEST_ID = web.RequestKey("request_id", str)  # set by the middleware: req_...
+API_KEY = web.RequestKey("api_key", dict)  # the authenticated key record, set by @requires

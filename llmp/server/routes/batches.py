@@ -8,7 +8,7 @@ from aiohttp import web
 from llmp.errors import InvalidRequestError
 from llmp.server.auth import requires
 from llmp.server.routes.files import int_param, store
-from llmp.server.state import DB, POOL
+from llmp.server.state import API_KEY, DB, POOL
 from llmp.services.batches import BatchRunner, Batches
 
 RUNNER = web.AppKey("batch_runner", BatchRunner)
@@ -24,25 +24,25 @@ async def create(request: web.Request) -> web.Response:
         body = await request.json()
     except ValueError:
         raise InvalidRequestError("The request body is not valid JSON") from None
-    return web.json_response(batches(request).create(request["key"], body))
+    return web.json_response(batches(request).create(request[API_KEY], body))
 
 
 @requires("batches.read")
 async def list_batches(request: web.Request) -> web.Response:
     return web.json_response(batches(request).list(
-        request["key"], after=request.query.get("after") or None,
+        request[API_KEY], after=request.query.get("after") or None,
         limit=int_param(request, "limit", 20)))
 
 
 @requires("batches.read")
 async def retrieve(request: web.Request) -> web.Response:
-    return web.json_response(batches(request).get(request.match_info["batch_id"], request["key"]))
+    return web.json_response(batches(request).get(request.match_info["batch_id"], request[API_KEY]))
 
 
 @requires("batches.write")
 async def cancel(request: web.Request) -> web.Response:
     return web.json_response(batches(request).cancel(request.match_info["batch_id"],
-                                                     request["key"]))
+                                                     request[API_KEY]))
 
 
 async def _runner(app: web.Application) -> AsyncIterator[None]:

@@ -5,7 +5,7 @@ from aiohttp import web
 
 from llmp.errors import InvalidRequestError
 from llmp.server.auth import requires
-from llmp.server.state import DB, SETTINGS
+from llmp.server.state import API_KEY, DB, SETTINGS
 from llmp.services.files import MAX_LIST_LIMIT, FileStore, Upload, check_purpose
 
 CHUNK = 256 * 1024
@@ -65,7 +65,7 @@ async def upload(request: web.Request) -> web.Response:
         if up is not None:
             up.discard()
         raise
-    return web.json_response(files.commit(up, owner=request["key"]["id"], filename=filename,
+    return web.json_response(files.commit(up, owner=request[API_KEY]["id"], filename=filename,
                                           purpose=purpose))
 
 
@@ -73,24 +73,24 @@ async def upload(request: web.Request) -> web.Response:
 async def list_files(request: web.Request) -> web.Response:
     q = request.query
     return web.json_response(store(request.app).list(
-        request["key"], purpose=q.get("purpose") or None, after=q.get("after") or None,
+        request[API_KEY], purpose=q.get("purpose") or None, after=q.get("after") or None,
         limit=int_param(request, "limit", MAX_LIST_LIMIT), order=q.get("order", "desc")))
 
 
 @requires("files.read")
 async def retrieve(request: web.Request) -> web.Response:
-    return web.json_response(store(request.app).get(request.match_info["file_id"], request["key"]))
+    return web.json_response(store(request.app).get(request.match_info["file_id"], request[API_KEY]))
 
 
 @requires("files.write")
 async def delete(request: web.Request) -> web.Response:
-    return web.json_response(store(request.app).delete(request.match_info["file_id"], request["key"]))
+    return web.json_response(store(request.app).delete(request.match_info["file_id"], request[API_KEY]))
 
 
 @requires("files.read")
 async def content(request: web.Request) -> web.StreamResponse:
     files = store(request.app)
-    row = files.row(request.match_info["file_id"], request["key"])
+    row = files.row(request.match_info["file_id"], request[API_KEY])
     return web.FileResponse(files.path(row), headers={
         "Content-Type": "application/octet-stream",  # as OpenAI serves file content
         "Content-Disposition": 'attachment; filename="%s"' % row["filename"].replace('"', "")})

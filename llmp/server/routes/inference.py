@@ -18,8 +18,8 @@ from llmp.db import models as db_models
 from llmp.errors import LlmpError, ServerError
 from llmp.server import sse
 from llmp.server.auth import requires
-from llmp.server.middleware import REQUEST_ID, read_json
-from llmp.server.state import DB, LIMITER, METRICS, POOL
+from llmp.server.middleware import read_json
+from llmp.server.state import API_KEY, DB, LIMITER, METRICS, POOL, REQUEST_ID
 from llmp.services import inference, usage
 from llmp.services.models import model_version
 
@@ -56,7 +56,7 @@ async def _stream(request: web.Request, call: inference.Call) -> web.StreamRespo
 
 async def _serve(request: web.Request, prepare: Prepare, endpoint: str) -> web.StreamResponse:
     app = request.app
-    key, limiter, db = request["key"], app[LIMITER], app[DB]
+    key, limiter, db = request[API_KEY], app[LIMITER], app[DB]
     t0 = time.perf_counter()
     call: inference.Call | None = None
     model: str | None = None

@@ -12,7 +12,8 @@ from llmp.services import keys as keys_service
 @requires("admin")
 async def create_key(request: web.Request) -> web.Response:
     body = await read_json(request)
-    return web.json_response(keys_service.create(request.app[DB], body), status=201)
+    # 200, as every create in OpenAI's API (and the rest of ours) answers
+    return web.json_response(keys_service.create(request.app[DB], body))
 
 
 @requires("admin")

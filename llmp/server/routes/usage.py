@@ -7,14 +7,14 @@ from aiohttp import web
 from llmp.db import keys as db_keys
 from llmp.errors import NotFoundError, PermissionDeniedError
 from llmp.server.auth import requires
-from llmp.server.state import DB, LIMITER, SETTINGS
+from llmp.server.state import API_KEY, DB, LIMITER, SETTINGS
 from llmp.services import keys as keys_service
 from llmp.services import usage as usage_service
 
 
 def _scope(request: web.Request) -> dict | None:
     """The key whose usage to report; None: every key (admin only)."""
-    key = request["key"]
+    key = request[API_KEY]
     wanted = request.query.get("key_id")
     if not keys_service.is_admin(key):
         if wanted not in (None, key["id"]):

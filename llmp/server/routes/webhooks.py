@@ -9,7 +9,7 @@ from aiohttp import web
 from llmp.errors import InvalidRequestError
 from llmp.server.auth import requires
 from llmp.server.routes.files import int_param
-from llmp.server.state import DB
+from llmp.server.state import API_KEY, DB
 from llmp.services import webhooks
 from llmp.services.webhooks import Deliverer
 
@@ -25,37 +25,37 @@ async def create(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object")
     return web.json_response(webhooks.create(
-        request.app[DB], request["key"], url=body.get("url"), events=body.get("events"),
+        request.app[DB], request[API_KEY], url=body.get("url"), events=body.get("events"),
         secret=body.get("secret")))
 
 
 @requires("webhooks")
 async def list_endpoints(request: web.Request) -> web.Response:
-    return web.json_response(webhooks.list_endpoints(request.app[DB], request["key"]))
+    return web.json_response(webhooks.list_endpoints(request.app[DB], request[API_KEY]))
 
 
 @requires("webhooks")
 async def retrieve(request: web.Request) -> web.Response:
-    return web.json_response(webhooks.get(request.app[DB], request["key"],
+    return web.json_response(webhooks.get(request.app[DB], request[API_KEY],
                                           request.match_info["webhook_id"]))
 
 
 @requires("webhooks")
 async def delete(request: web.Request) -> web.Response:
-    return web.json_response(webhooks.delete(request.app[DB], request["key"],
+    return web.json_response(webhooks.delete(request.app[DB], request[API_KEY],
                                              request.match_info["webhook_id"]))
 
 
 @requires("webhooks")
 async def deliveries(request: web.Request) -> web.Response:
     return web.json_response(webhooks.deliveries(
-        request.app[DB], request["key"], request.match_info["webhook_id"],
+        request.app[DB], request[API_KEY], request.match_info["webhook_id"],
         after=request.query.get("after") or None, limit=int_param(request, "limit", 20)))
 
 
 @requires("webhooks")
 async def test(request: web.Request) -> web.Response:
-    return web.json_response(webhooks.send_test(request.app[DB], request["key"],
+    return web.json_response(webhooks.send_test(request.app[DB], request[API_KEY],
                                                 request.match_info["webhook_id"]))
 
 
