@@ -17,7 +17,7 @@ What it does, everything on 127.0.0.1 and in a temporary LLMP_HOME:
    separate KV per slot (`--no-kv-unified`, as llmp), `-t/-tb THREADS`, `-b 2048 -ub 512`,
    and `llmp serve --slots N --ctx slot_ctx` with `LLMP_N_THREADS=THREADS` on another port;
    also loads llmp's engine in this process with the same slots, context and threads;
-3. per concurrency level C, sends the same `max(C, --requests or 2*C)` requests to each
+3. per concurrency level C, sends the same `max(C, --requests or max(4, 2*C))` requests to each
    target, C at a time: a prompt of exactly --prompt-tokens token ids (a distinct first
    token per request and per level, so no prefix cache helps), --gen-tokens generated with
    `ignore_eos`, greedy, streamed (`/v1/completions`, stream_options.include_usage);
@@ -124,7 +124,7 @@ async def _run(args: argparse.Namespace, model_path: str, llama: Server, llmp: S
     engine = await asyncio.to_thread(Engine.load, "inproc", model_path, settings, backend_sampling=False)
     results: dict[str, dict[int, Run]] = {t: {} for t in TARGETS}
     try:
-        counts = [max(c, args.requests or 2 * c) for c in levels]
+        counts = [max(c, args.requests or max(4, 2 * c)) for c in levels]
         # One prompt set, split into disjoint ranges: warm-up first, then one per level and round.
         prompts = _prompts(engine, args.prompt_tokens, 2 + args.rounds * sum(counts))
         warm, start = prompts[:2], 2
@@ -181,7 +181,7 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,4,8", help="comma-separated levels (slots = the largest)")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--gen-tokens", type=int, default=128)
-    ap.add_argument("--requests", type=int, default=0, help="requests per level (default 2 x concurrency)")
+    ap.add_argument("--requests", type=int, default=0, help="requests per level and round (default 2 x concurrency, at least 4)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="runs per level and target, interleaved; the table keeps each one's best")
     ap.add_argument("--threads", type=int, default=2)

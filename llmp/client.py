@@ -117,6 +117,10 @@ class Client:
         self.url = (url or default_url(settings)).rstrip("/")
         if self.url.endswith("/v1"):
             self.url = self.url[:-3]
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise errors.ConfigError(f"{self.url!r} is not a server URL: set LLMP_URL to one like "
+                                     "http://127.0.0.1:8000")
         self.api_key = api_key or default_key(settings)
         self.timeout = timeout
 

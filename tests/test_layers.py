@@ -68,3 +68,21 @@ def test_import_walker():
     assert "llmp.tui.app" in mods and "llmp.models.hub" in mods
     mods = [m for _, m in _imports("from .routes import x\n", "llmp.server.__init__")]
     assert "llmp.server.routes.x" in mods
+
+
+def test_sql_lives_in_db():
+    """Nothing above llmp/db/ runs SQL or touches a sqlite-utils table (DESIGN: all SQL behind
+    db/ functions named for what they do)."""
+    sql_calls = ("execute", "executemany", "executescript", "query", "table")
+    found = []
+    for f in sorted(ROOT.rglob("*.py")):
+        if _part(f) == "db":
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            call = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr in sql_calls
+            table = isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) \
+                and node.value.id == "db"
+            if call or table:
+                found.append(f"{f.relative_to(ROOT.parent)}:{node.lineno}")
+    assert found == []

@@ -7,7 +7,6 @@ import time
 
 from llmp.services import keys as keys_service
 from llmp.services.limits import TIERS, Limiter
-from tests.test_webhooks import receiver  # noqa: F401  (a fixture: a real local receiver)
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 HEADERS = ["X-RateLimit-Limit-Requests", "X-RateLimit-Limit-Tokens",

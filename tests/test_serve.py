@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,27 +13,35 @@ import urllib.error
 import urllib.request
 
 
-def test_serve_banner_health_and_sigterm(tiny_model_path, llmp_home):
-    env = {**os.environ, "LLMP_HOME": str(llmp_home), "LLMP_N_SLOTS": "2", "LLMP_SLOT_CTX": "256"}
+def _start_serve(model_path, home) -> tuple[subprocess.Popen, str, str, list[str]]:
+    """`llmp serve --port 0` as a process; returns it, its URL, the admin key and the banner."""
+    env = {**os.environ, "LLMP_HOME": str(home), "LLMP_N_SLOTS": "2", "LLMP_SLOT_CTX": "256"}
     proc = subprocess.Popen([sys.executable, "-c", "from llmp.cli.main import run; run()", "serve",
-                             "--port", "0", "--model", str(tiny_model_path)],
+                             "--port", "0", "--model", str(model_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    lines, url, key = [], None, None
+    deadline = time.monotonic() + 60
+    while (url is None or key is None) and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if m := re.search(r"(http://127\.0\.0\.1:\d+)/v1", line):
+            url = m.group(1)
+        if m := re.search(r"(sk-\w{32,})", line):
+            key = m.group(1)
+    if not (url and key):
+        proc.kill()
+        raise AssertionError("".join(lines))
+    return proc, url, key, lines
+
+
+def test_serve_banner_health_and_sigterm(tiny_model_path, llmp_home):
+    proc, url, key, lines = _start_serve(tiny_model_path, llmp_home)
     try:
-        lines, url, key = [], None, None
-        deadline = time.monotonic() + 60
-        while (url is None or key is None) and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if m := re.search(r"(http://127\.0\.0\.1:\d+)/v1", line):
-                url = m.group(1)
-            if m := re.search(r"(sk-\w{32,})", line):
-                key = m.group(1)
-        assert url and key, "".join(lines)
         assert "CPU" in "".join(lines) or "GPU" in "".join(lines)
         assert (llmp_home / "admin_key").read_text().strip() == key
-        deadline = time.monotonic() + 60
+        deadline, health = time.monotonic() + 60, None
         while time.monotonic() < deadline:  # 503 while the preloaded model loads, then 200
             try:
                 with urllib.request.urlopen(url + "/health") as r:
@@ -41,6 +50,7 @@ def test_serve_banner_health_and_sigterm(tiny_model_path, llmp_home):
             except urllib.error.HTTPError as e:
                 assert e.code == 503
             time.sleep(0.05)
+        assert health is not None, "/health never answered 200"
         assert health["status"] == "ok" and health["models"][0]["id"]
         req = urllib.request.Request(url + "/v1/models", headers={"Authorization": f"Bearer {key}"})
         with urllib.request.urlopen(req) as r:
@@ -48,6 +58,40 @@ def test_serve_banner_health_and_sigterm(tiny_model_path, llmp_home):
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0 and "Stopped." in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_sigterm_ends_partial_bodies_at_once_and_lets_streams_finish(tiny_model_path, llmp_home):
+    """A client still sending its body (slowloris) does not hold the shutdown for the grace
+    period: it gets a 503 in the error format, while a stream in flight finishes with [DONE]."""
+    proc, url, key, _ = _start_serve(tiny_model_path, llmp_home)
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: 1000\r\nAuthorization: Bearer "
+                     + key.encode() + b"\r\n\r\n{\"model\":")
+        body = json.dumps({"model": "tiny-f16", "stream": True, "max_tokens": 200,
+                           "messages": [{"role": "user", "content": "hi"}]}).encode()
+        req = urllib.request.Request(url + "/v1/chat/completions", data=body, headers={
+            "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as stream:
+            assert stream.readline().startswith(b"data: ")  # the stream is under way
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            rest = stream.read()
+        assert rest.rstrip().endswith(b"data: [DONE]")
+        slow.settimeout(10)
+        reply = b""
+        while chunk := slow.recv(65536):
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 503"), reply[:200]
+        assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "server_shutting_down"
+        out, _ = proc.communicate(timeout=30)
+        assert time.monotonic() - started < 10
+        assert proc.returncode == 0 and "Traceback" not in out, out
     finally:
         if proc.poll() is None:
             proc.kill()

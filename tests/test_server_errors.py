@@ -56,6 +56,16 @@ def test_request_errors(server):
                  "method_not_allowed")
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/batches",
+                                  "/v1/webhooks", "/v1/auth/api-keys"])
+def test_every_json_body_is_read_alike(server, path):
+    """Every JSON endpoint refuses a body that is not JSON, or not a JSON object, the same way."""
+    for data in (b"{not json", b"[1, 2]", b""):
+        assert_error(server.request("POST", path, data=data,
+                                    headers={"Content-Type": "application/json"}),
+                     400, "invalid_request_error", "invalid_json")
+
+
 def test_invalid_messages_and_tools(server):
     """Malformed messages, tools and a tool_choice without tools are 400s naming the param,
     not silently ignored."""

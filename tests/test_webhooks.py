@@ -9,62 +9,10 @@ import io
 import json
 import time
 
-import pytest
-from aiohttp import web
-
 from llmp.services import keys as keys_service
 from llmp.services import webhooks
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
-
-
-class Receiver:
-    """A real aiohttp server on 127.0.0.1 that records what it gets; answers `codes` in turn
-    (then 200)."""
-
-    def __init__(self, server, codes: list[int] | None = None):
-        self.server = server
-        self.codes = list(codes or [])
-        self.got: list[tuple[dict, bytes]] = []
-
-        async def handle(request: web.Request) -> web.Response:
-            self.got.append((dict(request.headers), await request.read()))
-            return web.Response(status=self.codes.pop(0) if self.codes else 200)
-
-        async def start():
-            app = web.Application()
-            app.router.add_post("/hook", handle)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            return runner, runner.addresses[0][1]
-
-        self.runner, port = server.run(start())
-        self.url = f"http://127.0.0.1:{port}/hook"
-
-    def wait(self, n: int, timeout: float = 30) -> list[tuple[dict, bytes]]:
-        deadline = time.monotonic() + timeout
-        while len(self.got) < n:
-            assert time.monotonic() < deadline, f"got {len(self.got)} of {n} deliveries"
-            time.sleep(0.02)
-        return self.got
-
-    def close(self) -> None:
-        self.server.run(self.runner.cleanup())
-
-
-@pytest.fixture
-def receiver(server):
-    made = []
-
-    def make(codes=None) -> Receiver:
-        made.append(Receiver(server, codes))
-        return made[-1]
-
-    yield make
-    for r in made:
-        r.close()
 
 
 def standard_signature(secret: str, headers: dict, body: bytes) -> str:

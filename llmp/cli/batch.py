@@ -1,6 +1,7 @@
 """`llmp batch submit|list|status|results|cancel`: /v1/batches through the running server."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -8,10 +9,9 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from llmp.cli.files import upload_file, when
-from llmp.cli.ui import JsonOpt, console, err_console, print_json
+from llmp.cli.files import upload_file
+from llmp.cli.ui import JsonOpt, console, err_console, print_json, print_rows, when
 from llmp.client import Client
 from llmp.errors import InvalidRequestError, LlmpError, NotFoundError
 from llmp.services.batches import ENDPOINTS, read_lines, validate_lines
@@ -25,8 +25,6 @@ POLL_S = 0.5
 
 def _endpoint_of(path: Path) -> str:
     """The `url` of the file's first request (the default endpoint)."""
-    import json
-
     for raw in read_lines(path):
         if raw.strip():
             try:
@@ -99,6 +97,10 @@ def submit(
     """Validate FILE locally, upload it and create a batch."""
     if not path.is_file():
         raise InvalidRequestError(f"no such file: {path}")
+    out = output or path.with_suffix(".results.jsonl")
+    if wait and not out.parent.is_dir():  # checked before the batch runs, not after
+        raise InvalidRequestError(f"cannot write the results to {out}: no directory "
+                                  f"{out.parent}", param="output")
     endpoint = endpoint or _endpoint_of(path)
     client = Client()
     v = validate_lines(read_lines(path), endpoint, known_model=_model_served(client))
@@ -118,7 +120,6 @@ def submit(
                           f"follow it with `llmp batch status {b['id']}`")
         return
     b = _wait(client, b["id"])
-    out = output or path.with_suffix(".results.jsonl")
     n = _results(client, b, out)
     if json_out:
         print_json(b)
@@ -134,15 +135,10 @@ def list_(limit: Annotated[int, typer.Option(help="At most this many (newest fir
           json_out: JsonOpt = False) -> None:
     """List batches, newest first."""
     rows = Client().request("GET", "/v1/batches", params={"limit": limit})["data"]
-    if json_out:
-        print_json(rows)
-        return
-    table = Table("id", "status", "endpoint", "completed", "failed", "total", "created")
-    for b in rows:
-        c = b["request_counts"]
-        table.add_row(b["id"], b["status"], b["endpoint"], str(c["completed"]), str(c["failed"]),
-                      str(c["total"]), when(b["created_at"]))
-    console.print(table)
+    print_rows(rows, json_out, ("id", "status", "endpoint", "completed", "failed", "total", "created"),
+               lambda b: (b["id"], b["status"], b["endpoint"], str(b["request_counts"]["completed"]),
+                          str(b["request_counts"]["failed"]), str(b["request_counts"]["total"]),
+                          when(b["created_at"])))
 
 
 @app.command()

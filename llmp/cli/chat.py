@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 from rich.live import Live
 from rich.markdown import Markdown
+from rich.markup import escape
 
 from llmp.cli.ui import console
 from llmp.client import Client
@@ -105,7 +106,7 @@ def _command(line: str, client: Client, db, session: dict, history: list[dict]) 
         path.write_text(chat_service.to_markdown(session, history))
         console.print(f"Saved to {path}")
     else:
-        console.print(f"[red]Unknown command {cmd}[/red] (/help lists them)")
+        console.print(f"[red]Unknown command {escape(cmd)}[/red] (/help lists them)")
     return True
 
 
@@ -150,13 +151,13 @@ def chat(
                 if not _command(line, client, db, session, history):
                     break
             except LlmpError as e:
-                console.print(f"[red]{e.message}[/red]")
+                console.print(f"[red]Error:[/red] {escape(e.message)}")
             continue
         history.append({"role": "user", "content": line})
         try:
             reply = _reply_fitting_context(client, session, history)
         except LlmpError as e:
-            console.print(f"[red]Error:[/red] {e.message}")
+            console.print(f"[red]Error:[/red] {escape(e.message)}")
             history.pop()
             continue
         history.append({"role": "assistant", "content": reply})

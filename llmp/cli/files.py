@@ -1,15 +1,13 @@
 """`llmp files upload|list|show|download|rm`: /v1/files through the running server."""
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-from rich.table import Table
 
-from llmp.cli.ui import JsonOpt, console, err_console, human_bytes, print_json
+from llmp.cli.ui import JsonOpt, console, err_console, human_bytes, print_json, print_rows, when
 from llmp.client import Client
 from llmp.errors import InvalidRequestError
 from llmp.services.files import PURPOSES, UPLOAD_PURPOSES
@@ -20,10 +18,6 @@ app = typer.Typer(help="Upload, list, show, download and delete files (batch inp
 
 #: uploads of at least this many bytes show a progress bar
 PROGRESS_MIN = 8 << 20
-
-
-def when(ts: int | None) -> str:
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
 def upload_file(client: Client, path: Path, purpose: str) -> dict:
@@ -64,14 +58,9 @@ def list_(
 ) -> None:
     """List files, newest first."""
     files = Client().request("GET", "/v1/files", params={"purpose": purpose, "limit": limit})["data"]
-    if json_out:
-        print_json(files)
-        return
-    table = Table("id", "filename", "purpose", "size", "created", "status")
-    for f in files:
-        table.add_row(f["id"], f["filename"], f["purpose"], human_bytes(f["bytes"]),
-                      when(f["created_at"]), f["status"])
-    console.print(table)
+    print_rows(files, json_out, ("id", "filename", "purpose", "size", "created", "status"),
+               lambda f: (f["id"], f["filename"], f["purpose"], human_bytes(f["bytes"]),
+                          when(f["created_at"]), f["status"]))
 
 
 @app.command()

@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
+from rich.table import Column
 
-from llmp.cli.ui import JsonOpt, console, print_json
+from llmp.cli.ui import JsonOpt, console, print_json, print_rows
 from llmp.client import Client
 from llmp.services.keys import PERMISSIONS
 
@@ -50,15 +50,10 @@ def create(
 def list_(json_out: JsonOpt = False) -> None:
     """List keys (never their secrets)."""
     keys = Client().request("GET", "/v1/auth/api-keys")["data"]
-    if json_out:
-        print_json(keys)
-        return
-    table = Table("name", "prefix", "permissions", "tier", "status", "last used", "expires")
-    table.add_column("id", no_wrap=True)
-    for k in keys:
-        table.add_row(k["name"], k["prefix"] + "...", ", ".join(k["permissions"]), k["tier"],
-                      k["status"], k["last_used_at"] or "-", k["expires_at"] or "-", k["id"])
-    console.print(table)
+    print_rows(keys, json_out, ("name", "prefix", "permissions", "tier", "status", "last used",
+                                "expires", Column("id", no_wrap=True)),
+               lambda k: (k["name"], k["prefix"] + "...", ", ".join(k["permissions"]), k["tier"],
+                          k["status"], k["last_used_at"] or "-", k["expires_at"] or "-", k["id"]))
 
 
 @app.command()

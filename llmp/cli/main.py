@@ -9,6 +9,7 @@ import sys
 
 import click
 import typer
+from rich.markup import escape
 
 from llmp import __version__
 from llmp.cli import bench as bench_cmd
@@ -21,8 +22,6 @@ from llmp.cli import usage as usage_cmd
 from llmp.cli import batch as batch_cmd
 from llmp.cli import files as files_cmd
 from llmp.cli import webhooks as webhooks_cmd
-from rich.markup import escape
-
 from llmp.cli.ui import err_console
 from llmp.errors import LlmpError
 

@@ -1,11 +1,13 @@
 """Shared CLI pieces: consoles, option types, output helpers."""
 from __future__ import annotations
 
+import datetime as dt
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable, Iterable
 
 import typer
 from rich.console import Console
+from rich.table import Column, Table
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -17,6 +19,24 @@ YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confir
 def print_json(data: Any) -> None:
     """Plain JSON on stdout (no rich markup, so scripts can parse it)."""
     typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def print_rows(rows: list[dict], json_out: bool, columns: Iterable[str | Column],
+               cells: Callable[[dict], Iterable[str]]) -> None:
+    """A list command's output: the rows as JSON with `--json`, else a table of `columns`
+    with `cells(row)` for each row."""
+    if json_out:
+        print_json(rows)
+        return
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*cells(row))
+    console.print(table)
+
+
+def when(ts: int | None) -> str:
+    """A unix time as local 'YYYY-MM-DD HH:MM:SS'; '-' for none."""
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
 def human_bytes(n: int | float | None) -> str:

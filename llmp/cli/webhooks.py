@@ -4,10 +4,8 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
-from llmp.cli.files import when
-from llmp.cli.ui import JsonOpt, console, print_json
+from llmp.cli.ui import JsonOpt, console, print_json, print_rows, when
 from llmp.client import Client
 from llmp.services.webhooks import EVENTS
 
@@ -37,14 +35,9 @@ def add(
 def list_(json_out: JsonOpt = False) -> None:
     """List endpoints."""
     hooks = Client().request("GET", "/v1/webhooks")["data"]
-    if json_out:
-        print_json(hooks)
-        return
-    table = Table("id", "url", "events", "scope", "created")
-    for w in hooks:
-        table.add_row(w["id"], w["url"], ", ".join(w["events"]),
-                      "all keys" if w["all_keys"] else "own key", when(w["created_at"]))
-    console.print(table)
+    print_rows(hooks, json_out, ("id", "url", "events", "scope", "created"),
+               lambda w: (w["id"], w["url"], ", ".join(w["events"]),
+                          "all keys" if w["all_keys"] else "own key", when(w["created_at"])))
 
 
 @app.command()
@@ -63,14 +56,10 @@ def deliveries(
     """Recent deliveries of an endpoint: status, attempts, last HTTP status or error."""
     rows = Client().request("GET", f"/v1/webhooks/{webhook_id}/deliveries",
                             params={"limit": limit})["data"]
-    if json_out:
-        print_json(rows)
-        return
-    table = Table("event id", "event", "status", "attempts", "last", "created")
-    for d in rows:
-        table.add_row(d["event_id"], d["event"], d["status"], str(d["attempts"]),
-                      str(d["last_status_code"] or d["last_error"] or "-"), when(d["created_at"]))
-    console.print(table)
+    print_rows(rows, json_out, ("event id", "event", "status", "attempts", "last", "created"),
+               lambda d: (d["event_id"], d["event"], d["status"], str(d["attempts"]),
+                          str(d["last_status_code"] or d["last_error"] or "-"),
+                          when(d["created_at"])))
 
 
 @app.command()

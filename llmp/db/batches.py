@@ -14,7 +14,7 @@ from sqlite_utils import Database
 
 from llmp.db import _lock
 from llmp.db import files as files_db
-from llmp.db.files import paginate
+from llmp.db.lists import owned_row, owner_filter, paginate
 
 STATUSES = ("validating", "failed", "in_progress", "finalizing", "completed", "expired",
             "cancelling", "cancelled")
@@ -28,18 +28,12 @@ def insert(db: Database, record: dict[str, Any]) -> dict:
 
 
 def get(db: Database, batch_id: str, *, owner: str | None = None) -> dict | None:
-    sql = "select * from batches where id = ?"
-    args: list[Any] = [batch_id]
-    if owner is not None:
-        sql += " and owner_key_id = ?"
-        args.append(owner)
-    rows = list(db.query(sql, args))
-    return rows[0] if rows else None
+    return owned_row(db, "batches", batch_id, owner)
 
 
 def page(db: Database, *, owner: str | None = None, after: str | None = None,
          limit: int = 20) -> tuple[list[dict], bool]:
-    where, args = (["owner_key_id = ?"], [owner]) if owner is not None else ([], [])
+    where, args = owner_filter(owner)
     return paginate(db, "batches", where, args, after=after, limit=limit, order="desc")
 
 

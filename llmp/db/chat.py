@@ -22,10 +22,6 @@ def latest_session(db: Database) -> dict | None:
     return rows[0] if rows else None
 
 
-def list_sessions(db: Database, limit: int = 20) -> list[dict]:
-    return list(db.query("select * from chat_sessions order by updated_at desc limit ?", [limit]))
-
-
 def update_session(db: Database, session_id: str, changes: dict) -> None:
     with _lock:
         db["chat_sessions"].update(session_id, changes)

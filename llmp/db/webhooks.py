@@ -7,7 +7,7 @@ from typing import Any, Iterable
 from sqlite_utils import Database
 
 from llmp.db import _lock
-from llmp.db.files import paginate
+from llmp.db.lists import owned_row, owner_filter, paginate
 
 
 def _decode(row: dict | None) -> dict | None:
@@ -27,19 +27,14 @@ def insert(db: Database, record: dict[str, Any]) -> dict:
 
 
 def get(db: Database, webhook_id: str, *, owner: str | None = None) -> dict | None:
-    sql = "select * from webhooks where id = ?"
-    args: list[Any] = [webhook_id]
-    if owner is not None:
-        sql += " and owner_key_id = ?"
-        args.append(owner)
-    rows = list(db.query(sql, args))
-    return _decode(rows[0]) if rows else None
+    return _decode(owned_row(db, "webhooks", webhook_id, owner))
 
 
 def list_all(db: Database, *, owner: str | None = None) -> list[dict]:
-    where, args = ("where owner_key_id = ?", [owner]) if owner is not None else ("", [])
+    where, args = owner_filter(owner)
     return [_decode(r) for r in db.query(
-        f"select * from webhooks {where} order by created_at, id", args)]
+        "select * from webhooks" + (" where " + " and ".join(where) if where else "")
+        + " order by created_at, id", args)]
 
 
 def delete(db: Database, webhook_id: str) -> None:

@@ -15,8 +15,8 @@ from llmp.config import Settings
 from llmp.db import open_home
 from llmp.engine.pool import ModelPool
 from llmp.server.metrics import Metrics
-from llmp.server.middleware import on_prepare, request_context
-from llmp.server.state import DB, LIMITER, METRICS, POOL, SETTINGS, STARTED_AT
+from llmp.server.middleware import end_partial_bodies, on_prepare, request_context
+from llmp.server.state import DB, IN_FLIGHT, LIMITER, METRICS, POOL, SETTINGS, STARTED_AT
 from llmp.services.limits import Limiter
 from llmp.services.models import resolver
 
@@ -36,7 +36,9 @@ def create_app(settings: Settings, *, pool: ModelPool | None = None) -> web.Appl
     app[LIMITER] = Limiter(db)
     app[METRICS] = Metrics()
     app[STARTED_AT] = time.time()
+    app[IN_FLIGHT] = {}
     app.on_response_prepare.append(on_prepare)
+    app.on_shutdown.append(end_partial_bodies)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         yield

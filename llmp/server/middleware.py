@@ -15,9 +15,9 @@ import re
 from aiohttp import web
 
 from llmp.errors import (InvalidRequestError, LlmpError, NotFoundError, PayloadTooLargeError,
-                         ServerError)
+                         ServerError, ServiceUnavailableError)
 from llmp.ids import new_id
-from llmp.server.state import API_KEY, LIMITER, METRICS, REQUEST_ID
+from llmp.server.state import API_KEY, IN_FLIGHT, LIMITER, METRICS, REQUEST_ID
 
 log = logging.getLogger("llmp.server")
 
@@ -54,6 +54,8 @@ async def request_context(request: web.Request, handler) -> web.StreamResponse:
     client_id = request.headers.get("x-request-id", "")
     rid = client_id if _CLIENT_ID.match(client_id) else new_id("req")
     request[REQUEST_ID] = rid
+    in_flight = request.app[IN_FLIGHT]
+    in_flight[id(request)] = request
     try:
         resp = await handler(request)
     except LlmpError as e:
@@ -67,10 +69,22 @@ async def request_context(request: web.Request, handler) -> web.StreamResponse:
         resp = error_response(ServerError("The server had an error while processing your "
                                           "request; the request id identifies it in the server "
                                           "log", code="internal_error"), rid)
+    finally:
+        del in_flight[id(request)]
     route = request.match_info.route.resource
     request.app[METRICS].count_request(
         request.method, route.canonical if route is not None else "(unmatched)", resp.status)
     return resp
+
+
+async def end_partial_bodies(app: web.Application) -> None:
+    """On shutdown (before in-flight handlers get their grace period): a request whose body is
+    still arriving has not started its work, so it ends now with a 503 instead of holding the
+    shutdown for a slow or stalled client (an upload cut this way leaves no file behind)."""
+    for request in list(app[IN_FLIGHT].values()):
+        if not request.content.is_eof():
+            request.content.set_exception(ServiceUnavailableError(
+                "The server is shutting down; retry in a moment", code="server_shutting_down"))
 
 
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
@@ -93,3 +107,16 @@ async def read_json(request: web.Request) -> dict:
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object", code="invalid_json")
     return body
+
+
+def int_param(request: web.Request, name: str, default: int) -> int:
+    """The query parameter `name` as an integer (`default` when absent); a clear
+    invalid_request_error when it is not one."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidRequestError(f"Invalid '{name}': expected an integer", param=name,
+                                  code="invalid_parameter") from None

@@ -15,6 +15,7 @@ POOL = web.AppKey("pool", ModelPool)
 LIMITER = web.AppKey("limiter", Limiter)
 METRICS = web.AppKey("metrics", Metrics)
 STARTED_AT = web.AppKey("started_at", float)  # time.time() when the app was made
+IN_FLIGHT = web.AppKey("in_flight", dict)  # the requests being handled, by id(request)
 
 # per-request storage
 REQUEST_ID = web.RequestKey("request_id", str)  # set by the middleware: req_...

@@ -44,7 +44,8 @@ from llmp.ids import new_id
 from llmp.services import inference
 from llmp.services import usage as usage_service
 from llmp.services import webhooks
-from llmp.services.files import FileStore, Upload, clamp_limit, list_object, owner_scope
+from llmp.services.files import FileStore, Upload
+from llmp.services.lists import check_limit, list_object, owner_scope
 
 log = logging.getLogger(__name__)
 
@@ -254,9 +255,7 @@ class Batches:
         self.store = store
         self.runner = runner
 
-    def create(self, key: dict, body: Any) -> dict:
-        if not isinstance(body, dict):
-            raise InvalidRequestError("The request body must be a JSON object")
+    def create(self, key: dict, body: dict) -> dict:
         file_id = body.get("input_file_id")
         if not isinstance(file_id, str) or not file_id:
             raise InvalidRequestError("Missing required parameter: 'input_file_id'",
@@ -296,7 +295,7 @@ class Batches:
 
     def list(self, key: dict, *, after: str | None = None, limit: int = 20) -> dict:
         rows, more = batches_db.page(self.db, owner=owner_scope(key), after=after,
-                                     limit=clamp_limit(limit, 100))
+                                     limit=check_limit(limit, 100))
         return list_object([to_api(self.db, r) for r in rows], more)
 
     def cancel(self, batch_id: str, key: dict) -> dict:

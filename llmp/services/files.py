@@ -20,17 +20,12 @@ from llmp.config import Settings
 from llmp.db import files as files_db
 from llmp.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 from llmp.ids import new_id, random_base62
-from llmp.services import keys
+from llmp.services.lists import check_limit, list_object, owner_scope
 
 UPLOAD_PURPOSES = ("batch", "fine-tune")
 SERVER_PURPOSES = ("batch_output", "fine-tune-results")  # made by the server, never uploaded
 PURPOSES = UPLOAD_PURPOSES + SERVER_PURPOSES
 MAX_LIST_LIMIT = 10_000  # OpenAI's default and maximum page size for GET /v1/files
-
-
-def owner_scope(key: dict) -> str | None:
-    """The owner filter for a key's queries: its own id, or None (everything) for an admin."""
-    return None if keys.is_admin(key) else key["id"]
 
 
 def to_api(row: dict) -> dict:
@@ -177,7 +172,7 @@ class FileStore:
         if order not in ("asc", "desc"):
             raise InvalidRequestError("Invalid 'order': expected 'asc' or 'desc'", param="order",
                                       code="invalid_parameter")
-        limit = clamp_limit(limit, MAX_LIST_LIMIT)
+        limit = check_limit(limit, MAX_LIST_LIMIT)
         rows, more = files_db.page(self.db, owner=owner_scope(key), purpose=purpose, after=after,
                                    limit=limit, order=order)
         return list_object([to_api(r) for r in rows], more)
@@ -187,21 +182,6 @@ class FileStore:
         files_db.delete(self.db, file_id)
         (self.dir / row["storage"]).unlink(missing_ok=True)
         return {"id": file_id, "object": "file", "deleted": True}
-
-
-def clamp_limit(limit: int, maximum: int) -> int:
-    if limit < 1 or limit > maximum:
-        raise InvalidRequestError(f"Invalid 'limit': expected 1 to {maximum}", param="limit",
-                                  code="invalid_parameter")
-    return limit
-
-
-def list_object(data: list[dict], has_more: bool) -> dict:
-    """OpenAI's cursor list shape: {object: "list", data, first_id, last_id, has_more}."""
-    return {"object": "list", "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": has_more}
 
 
 def _clean_name(filename: str | None) -> str:

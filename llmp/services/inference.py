@@ -275,10 +275,12 @@ class Call:
 
     @property
     def token_estimate(self) -> int:
-        """Tokens to reserve against a rate limit: prompt + max_tokens per choice (max_tokens
-        unset: the rest of a slot's context)."""
-        per_choice = self.max_tokens if self.max_tokens is not None else \
-            max(0, int(getattr(self.engine, "slot_ctx", 0)) - self.prompt_tokens // max(1, len(self.requests)))
+        """Tokens to reserve against a rate limit: prompt + max_tokens per choice, at most
+        the rest of a slot's context (where generation stops anyway)."""
+        ctx = int(getattr(self.engine, "slot_ctx", 0))
+        room = max(0, ctx - self.prompt_tokens // max(1, len(self.requests)))
+        per_choice = room if self.max_tokens is None else \
+            min(self.max_tokens, room) if ctx else self.max_tokens
         return self.prompt_tokens + per_choice * len(self.requests)
 
     def metadata(self) -> dict:
@@ -524,7 +526,11 @@ async def prepare_completion(pool, body: dict, *, priority: Priority = Priority.
     requests: list[GenerationRequest] = []
     echo_texts: list[str] = []
     prompt_tokens = 0
+    n_vocab = engine.model.n_vocab
     for p in prompts:
+        if not isinstance(p, str) and not all(0 <= t < n_vocab for t in p):
+            raise _bad(f"Invalid 'prompt': token ids must be from 0 to {n_vocab - 1} for "
+                       f"{engine.model_id}", "prompt")
         tokens = engine.tokenize(p, add_special=True) if isinstance(p, str) else p
         prompt_tokens += len(tokens)
         requests += _requests(tokens, params, n, priority=priority, request_id=request_id,
@@ -548,17 +554,3 @@ async def completion(pool, body: dict, *, priority: Priority = Priority.INTERACT
     """A non-streaming text completion body (the batch runner's entry point)."""
     return await (await prepare_completion(pool, body, priority=priority,
                                            request_id=request_id)).run()
-
-
-async def chat_completion_stream(pool, body: dict, *, priority: Priority = Priority.INTERACTIVE,
-                                 request_id: str) -> AsyncIterator[dict]:
-    call = await prepare_chat(pool, body, priority=priority, request_id=request_id)
-    async for chunk in call.stream():
-        yield chunk
-
-
-async def completion_stream(pool, body: dict, *, priority: Priority = Priority.INTERACTIVE,
-                            request_id: str) -> AsyncIterator[dict]:
-    call = await prepare_completion(pool, body, priority=priority, request_id=request_id)
-    async for chunk in call.stream():
-        yield chunk

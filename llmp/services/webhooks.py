@@ -36,7 +36,7 @@ from llmp.db import webhooks as webhooks_db
 from llmp.errors import InvalidRequestError, NotFoundError
 from llmp.ids import new_id
 from llmp.services import keys
-from llmp.services.files import clamp_limit, list_object, owner_scope
+from llmp.services.lists import check_limit, list_object, owner_scope
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def _delivery_api(d: dict) -> dict:
 def deliveries(db: Database, key: dict, webhook_id: str, *, after: str | None = None,
                limit: int = 20) -> dict:
     _get(db, key, webhook_id)
-    rows, more = webhooks_db.deliveries(db, webhook_id, after=after, limit=clamp_limit(limit, 100))
+    rows, more = webhooks_db.deliveries(db, webhook_id, after=after, limit=check_limit(limit, 100))
     return list_object([_delivery_api(r) for r in rows], more)
 
 

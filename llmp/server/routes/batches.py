@@ -5,9 +5,9 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from llmp.errors import InvalidRequestError
 from llmp.server.auth import requires
-from llmp.server.routes.files import int_param, store
+from llmp.server.middleware import int_param, read_json
+from llmp.server.routes.files import store
 from llmp.server.state import API_KEY, DB, POOL
 from llmp.services.batches import BatchRunner, Batches
 
@@ -20,11 +20,7 @@ def batches(request: web.Request) -> Batches:
 
 @requires("batches.write")
 async def create(request: web.Request) -> web.Response:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidRequestError("The request body is not valid JSON") from None
-    return web.json_response(batches(request).create(request[API_KEY], body))
+    return web.json_response(batches(request).create(request[API_KEY], await read_json(request)))
 
 
 @requires("batches.read")

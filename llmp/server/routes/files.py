@@ -5,6 +5,7 @@ from aiohttp import web
 
 from llmp.errors import InvalidRequestError
 from llmp.server.auth import requires
+from llmp.server.middleware import int_param
 from llmp.server.state import API_KEY, DB, SETTINGS
 from llmp.services.files import MAX_LIST_LIMIT, FileStore, Upload, check_purpose
 
@@ -14,17 +15,6 @@ MAX_FIELD_BYTES = 4096  # form fields other than the file (purpose ...)
 
 def store(app: web.Application) -> FileStore:
     return FileStore(app[DB], app[SETTINGS])
-
-
-def int_param(request: web.Request, name: str, default: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise InvalidRequestError(f"Invalid '{name}': expected an integer", param=name,
-                                  code="invalid_parameter") from None
 
 
 async def _field(part) -> str:

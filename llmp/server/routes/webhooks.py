@@ -6,9 +6,8 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from llmp.errors import InvalidRequestError
 from llmp.server.auth import requires
-from llmp.server.routes.files import int_param
+from llmp.server.middleware import int_param, read_json
 from llmp.server.state import API_KEY, DB
 from llmp.services import webhooks
 from llmp.services.webhooks import Deliverer
@@ -18,12 +17,7 @@ DELIVERER = web.AppKey("webhook_deliverer", Deliverer)
 
 @requires("webhooks")
 async def create(request: web.Request) -> web.Response:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidRequestError("The request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequestError("The request body must be a JSON object")
+    body = await read_json(request)
     return web.json_response(webhooks.create(
         request.app[DB], request[API_KEY], url=body.get("url"), events=body.get("events"),
         secret=body.get("secret")))
