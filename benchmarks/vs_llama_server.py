@@ -235,7 +235,13 @@ def main() -> None:
         machine = _machine()
         print(f"model {model} · {n_slots} slots x {args.slot_ctx} ctx · {args.threads} threads · "
               f"{args.prompt_tokens} prompt + {args.gen_tokens} generated tokens per request", file=sys.stderr)
-        results = asyncio.run(_run(args, model, llama, llmp, llmp_model, admin_key))
+        try:
+            results = asyncio.run(_run(args, model, llama, llmp, llmp_model, admin_key))
+        except Exception:
+            for srv in servers:
+                state = "running" if srv.proc.poll() is None else f"exited ({srv.proc.returncode})"
+                print(f"--- {srv.name}: {state}, end of its log:\n{srv.tail()}", file=sys.stderr)
+            raise
 
     if args.json:
         print(json.dumps({"machine": machine, "llama_server": llama_version, "model": model,

@@ -280,3 +280,16 @@ def test_cli_submit_validates_locally_then_waits_and_writes_results(server, cli,
     assert again.read_text() == out.read_text()
     r = cli("batch", "cancel", batch_id)
     assert r.exit_code == 2 and "no longer be" in " ".join(r.stderr.split())
+
+
+def test_cli_submit_checks_the_output_folder_before_submitting(server, cli, tmp_path,
+                                                               monkeypatch):
+    monkeypatch.setenv("LLMP_URL", server.url)
+    monkeypatch.setenv("LLMP_API_KEY", server.admin_key)
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(jsonl([line(0)]))
+    before = len(server.openai().files.list().data)
+    r = cli("batch", "submit", good, "--wait", "--output", tmp_path / "missing" / "out.jsonl")
+    assert r.exit_code == 2 and "no directory" in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+    assert len(server.openai().files.list().data) == before  # nothing was uploaded

@@ -37,3 +37,10 @@ def test_cli_upload_streams_a_large_file(server, cli, tmp_path, monkeypatch):
         tracemalloc.stop()
     assert peak < SIZE / 4, peak
     assert seen == sorted(seen) and len(seen) > 10 and seen[-1] > SIZE  # file + headers
+
+
+def test_a_malformed_llmp_url_is_one_clear_line(cli, monkeypatch):
+    monkeypatch.setenv("LLMP_URL", "notaurl")
+    r = cli("files", "list")
+    assert r.exit_code != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "LLMP_URL" in r.stderr

@@ -102,3 +102,13 @@ def test_batch_usage_counts_against_the_quota_as_it_happens(server, receiver):
     assert event["type"] == "usage.limit.reached" and event["data"]["key_id"] == kid
     assert event["data"]["limit"] == "monthly token quota of 60"
     assert event["data"]["usage"]["tokens"] >= 60
+
+
+def test_max_tokens_past_the_context_reserves_only_the_context(server):
+    """max_tokens far past a slot's context (where generation stops anyway) must not reserve
+    the whole tokens-per-minute bucket: a second such request fits in what the first left."""
+    key = server.make_key(rate_limit={"requests_per_minute": 100, "tokens_per_minute": 2000})
+    for _ in range(2):
+        st, h, body = server.request("POST", "/v1/chat/completions", key=key,
+                                     json={**CHAT, "max_tokens": 100_000})
+        assert st == 200, body

@@ -143,3 +143,10 @@ def _with_slots_full(server, engine):
     for t in threads:
         t.join()
     return resp
+
+
+def test_prompt_token_ids_outside_the_vocabulary(server):
+    for prompt in ([1, 2, 999_999_999], [[5, -1]]):
+        assert_error(server.request("POST", "/v1/completions",
+                                    json={"model": "tiny", "prompt": prompt, "max_tokens": 2}),
+                     400, "invalid_request_error", "invalid_parameter", "prompt")

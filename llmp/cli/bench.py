@@ -125,14 +125,15 @@ async def _bench_baseline(b: _Baseline, prompts: list[list[int]], conc: int, gen
     return run
 
 
-async def _bench_url(url: str, model: str, api_key: str | None, texts: list[str], conc: int, gen: int) -> Run:
+async def _bench_url(url: str, model: str, api_key: str | None, texts: list[str] | list[list[int]], conc: int,
+                     gen: int) -> Run:
     import aiohttp
     run = Run()
     sem = asyncio.Semaphore(conc)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     endpoint = url.rstrip("/") + ("/completions" if url.rstrip("/").endswith("/v1") else "/v1/completions")
 
-    async def one(session: aiohttp.ClientSession, text: str) -> None:
+    async def one(session: aiohttp.ClientSession, text: str | list[int]) -> None:
         async with sem:
             body = {"model": model, "prompt": text, "max_tokens": gen, "temperature": 0, "stream": True,
                     "ignore_eos": True, "stream_options": {"include_usage": True}}
@@ -156,7 +157,10 @@ async def _bench_url(url: str, model: str, api_key: str | None, texts: list[str]
             run.ttfts.append(ttft or 0.0)
 
     t0 = time.perf_counter()
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600)) as session:
+    # One connection per request: llama-server closes the connection after a streamed
+    # response although it announces keep-alive, so a pooled one fails on reuse.
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600),
+                                     connector=aiohttp.TCPConnector(force_close=True)) as session:
         await asyncio.gather(*(one(session, t) for t in texts))
     run.seconds = time.perf_counter() - t0
     return run
