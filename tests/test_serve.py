@@ -95,3 +95,18 @@ def test_sigterm_ends_partial_bodies_at_once_and_lets_streams_finish(tiny_model_
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_second_signal_forces_the_stop(monkeypatch):
+    """The first SIGINT asks for a graceful stop; a second one while stopping quits at once."""
+    import asyncio
+
+    from llmp.cli import serve as serve_cmd
+
+    exits = []
+    monkeypatch.setattr(serve_cmd.os, "_exit", exits.append)
+    stop = asyncio.Event()
+    serve_cmd._on_signal(stop)
+    assert stop.is_set() and exits == []
+    serve_cmd._on_signal(stop)
+    assert exits == [130]

@@ -150,3 +150,11 @@ def test_prompt_token_ids_outside_the_vocabulary(server):
         assert_error(server.request("POST", "/v1/completions",
                                     json={"model": "tiny", "prompt": prompt, "max_tokens": 2}),
                      400, "invalid_request_error", "invalid_parameter", "prompt")
+
+
+def test_logit_bias_token_ids_outside_the_vocabulary(server):
+    for path, body in (("/v1/completions", {"prompt": "hi"}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})):
+        assert_error(server.request("POST", path, json={
+            "model": "tiny", "max_tokens": 2, "logit_bias": {"999999999": 5}, **body}),
+            400, "invalid_request_error", "invalid_parameter", "logit_bias")

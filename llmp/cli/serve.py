@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from typing import Annotated, Optional
 
@@ -59,6 +60,15 @@ def _banner(url: str, settings, models: list[dict], db, new_admin_key: str | Non
     console.print("Press Ctrl-C to stop.")
 
 
+def _on_signal(stop: asyncio.Event) -> None:
+    """First SIGINT/SIGTERM: a graceful stop. A second one while stopping: quit at once
+    (SQLite's journal keeps the state whole; unfinished batch lines run again on restart)."""
+    if stop.is_set():
+        err_console.print("Forced stop.")
+        os._exit(130)
+    stop.set()
+
+
 async def _serve(settings, models: list[dict], new_admin_key: str | None) -> None:
     from llmp.server import runner as server_runner
     from llmp.server.app import create_app
@@ -71,7 +81,7 @@ async def _serve(settings, models: list[dict], new_admin_key: str | None) -> Non
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, _on_signal, stop)
     preload = [asyncio.create_task(app[POOL].get(m["id"])) for m in models]
     try:
         await stop.wait()
@@ -98,7 +108,7 @@ def serve(
 
     On a fresh home it pulls the default model, and makes an admin API key (printed once,
     saved with mode 0600 for the CLI) unless LLMP_ADMIN_KEY is set. SIGINT/SIGTERM stop it
-    gracefully: in-flight requests finish first.
+    gracefully: in-flight requests finish first; a second Ctrl-C quits at once.
     """
     settings = load_settings(host=host, port=port, n_slots=slots, slot_ctx=ctx)
     logging.basicConfig(level=settings.log_level.upper(),

@@ -483,6 +483,7 @@ async def prepare_chat(pool, body: dict, *, priority: Priority = Priority.INTERA
     prompt = engine.render_chat(messages, tools=tools,
                                 tool_choice=body.get("tool_choice"), response_format=rf,
                                 functions=functions, function_call=body.get("function_call"))
+    _check_token_ids(engine, params)
     if prompt.grammar:
         params.grammar = prompt.grammar
     tokens = engine.tokenize(prompt.prompt, add_special=False, parse_special=True)
@@ -493,6 +494,19 @@ async def prepare_chat(pool, body: dict, *, priority: Priority = Priority.INTERA
                 streaming=stream, include_usage=include_usage, model_version=model_version,
                 tool_family=prompt.extra.get("tool_family", "hermes") if prompt.parse_tools else None,
                 legacy_functions=bool(functions) and not tools, want_logprobs=want_lp)
+
+
+def _check_token_ids(engine, params: SamplingParams, prompts: list[str | list[int]] = ()) -> None:
+    """Token ids a client sends (prompt arrays, logit_bias keys) must exist in the model's
+    vocabulary: llama.cpp would fail or silently ignore them."""
+    n_vocab = engine.model.n_vocab
+    for p in prompts:
+        if not isinstance(p, str) and not all(0 <= t < n_vocab for t in p):
+            raise _bad(f"Invalid 'prompt': token ids must be from 0 to {n_vocab - 1} for "
+                       f"{engine.model_id}", "prompt")
+    if any(not 0 <= t < n_vocab for t in params.logit_bias):
+        raise _bad(f"Invalid 'logit_bias': token ids must be from 0 to {n_vocab - 1} for "
+                   f"{engine.model_id}", "logit_bias")
 
 
 def _prompts(body: dict) -> list[str | list[int]]:
@@ -526,11 +540,8 @@ async def prepare_completion(pool, body: dict, *, priority: Priority = Priority.
     requests: list[GenerationRequest] = []
     echo_texts: list[str] = []
     prompt_tokens = 0
-    n_vocab = engine.model.n_vocab
+    _check_token_ids(engine, params, prompts)
     for p in prompts:
-        if not isinstance(p, str) and not all(0 <= t < n_vocab for t in p):
-            raise _bad(f"Invalid 'prompt': token ids must be from 0 to {n_vocab - 1} for "
-                       f"{engine.model_id}", "prompt")
         tokens = engine.tokenize(p, add_special=True) if isinstance(p, str) else p
         prompt_tokens += len(tokens)
         requests += _requests(tokens, params, n, priority=priority, request_id=request_id,
