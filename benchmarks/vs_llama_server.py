@@ -2,7 +2,7 @@
 
     LLAMA_SERVER=/path/to/llama-server python3 benchmarks/vs_llama_server.py \\
         [--preset small | --model PATH.gguf] [--concurrency 1,4,8] [--prompt-tokens 128] \\
-        [--gen-tokens 128] [--requests 0] [--threads 2] [--slot-ctx 512] [--json]
+        [--gen-tokens 128] [--requests 0] [--rounds 1] [--threads 2] [--slot-ctx 512] [--json]
 
 Getting llama-server: llmp does not ship it. Install llama.cpp from your distribution or
 package manager (the binary is named `llama-server`), or build it yourself from llama.cpp's
@@ -19,8 +19,8 @@ What it does, everything on 127.0.0.1 and in a temporary LLMP_HOME:
    also loads llmp's engine in this process with the same slots, context and threads;
 3. per concurrency level C, sends the same `max(C, --requests or max(4, 2*C))` requests to each
    target, C at a time: a prompt of exactly --prompt-tokens token ids (a distinct first
-   token per request and per level, so no prefix cache helps), --gen-tokens generated with
-   `ignore_eos`, greedy, streamed (`/v1/completions`, stream_options.include_usage);
+   token per request, level and round, so no prefix cache helps), --gen-tokens generated
+   with `ignore_eos`, greedy, streamed (`/v1/completions`, stream_options.include_usage).
    With --rounds R every level runs R times, targets interleaved, and the table keeps each
    target's best run (other processes only ever slow a run down);
 4. prints one table: aggregate generated tokens/s, TTFT p50/p95 (submission to the first
@@ -120,7 +120,7 @@ async def _run(args: argparse.Namespace, model_path: str, llama: Server, llmp: S
     levels = args.levels
     n_slots = max(levels)
     settings = load_settings(args.home).replace(n_slots=n_slots, n_ctx=0, slot_ctx=args.slot_ctx,
-                                       n_threads=args.threads, n_batch=2048)
+                                                n_threads=args.threads, n_batch=2048)
     engine = await asyncio.to_thread(Engine.load, "inproc", model_path, settings, backend_sampling=False)
     results: dict[str, dict[int, Run]] = {t: {} for t in TARGETS}
     try:
@@ -181,7 +181,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,4,8", help="comma-separated levels (slots = the largest)")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--gen-tokens", type=int, default=128)
-    ap.add_argument("--requests", type=int, default=0, help="requests per level and round (default 2 x concurrency, at least 4)")
+    ap.add_argument("--requests", type=int, default=0,
+                    help="requests per level and round (default 2 x concurrency, at least 4)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="runs per level and target, interleaved; the table keeps each one's best")
     ap.add_argument("--threads", type=int, default=2)
@@ -214,7 +215,12 @@ def main() -> None:
         llmp_cmd = shutil.which("llmp")
         llmp_argv = [llmp_cmd] if llmp_cmd else [sys.executable, "-c", "from llmp.cli.main import run; run()"]
         servers: list[Server] = []
-        stack.callback(lambda: [s.stop() for s in servers])
+
+        @stack.callback
+        def stop_servers() -> None:
+            for srv in servers:
+                srv.stop()
+
         port = _free_port()
         servers.append(Server("llama-server", [
             args.llama_server, "-m", model, "--host", "127.0.0.1", "--port", str(port),
@@ -246,6 +252,7 @@ def main() -> None:
     if args.json:
         print(json.dumps({"machine": machine, "llama_server": llama_version, "model": model,
                           "slots": n_slots, "slot_ctx": args.slot_ctx, "threads": args.threads,
+                          "rounds": args.rounds,
                           "prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens,
                           "results": {t: {str(c): r.as_dict() for c, r in runs.items()}
                                       for t, runs in results.items()}}, indent=2))

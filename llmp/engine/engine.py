@@ -7,7 +7,8 @@ admitting slots (chunked prefill under the `n_batch` token budget), calls `llama
 Requests join and leave between steps.
 
 The asyncio side submits jobs through a condition-guarded priority queue and receives
-`Delta`s through an `asyncio.Queue` fed with `loop.call_soon_threadsafe`.
+`Delta`s through an `asyncio.Queue` fed with `loop.call_soon_threadsafe`, once per step and
+event loop for all the step's deltas (`_flush`).
 
 Prefix cache: each slot keeps the tokens whose KV it holds; a new request goes to the free
 slot sharing the longest prefix with its prompt, `llama_memory_seq_rm` drops the rest and
@@ -94,6 +95,12 @@ class _Slot:
     out_idx: int = -1  # batch index of this slot's logits in the current step
 
 
+def _deliver(items: list[tuple[_Job, Delta]]) -> None:
+    """On the event loop: hand one step's deltas to their requests."""
+    for job, d in items:
+        job.out.put_nowait(d)
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -154,6 +161,7 @@ class Engine:
         self._batch = L.llama_batch_init(self.n_batch, 0, 1)
         self._slots = [_Slot(seq=i) for i in range(self.n_slots)]
         self._pending: list[tuple[int, int, _Job]] = []
+        self._outbox: list[tuple[_Job, Delta]] = []  # this step's deltas, see `_flush`
         self._cv = threading.Condition()
         self._order = itertools.count()
         self._stopping = False
@@ -341,9 +349,25 @@ class Engine:
                 try:
                     self._step()
                 except Exception as e:  # keep serving: fail the jobs of this step, reset their KV
+                    self._flush()
                     for s in self._slots:
                         if s.job is not None:
                             self._fail(s, e)
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send the deltas of this step: one wake-up per event loop, not one per request
+        (each wake-up costs a self-pipe write and a GIL hand-off to the loop's thread)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Delta]]] = {}
+        for job, d in self._outbox:
+            by_loop.setdefault(job.loop, []).append((job, d))
+        self._outbox.clear()
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                for job, _ in items:
+                    job.cancelled = True
 
     def _fail(self, slot: _Slot, e: Exception) -> None:
         """Deliver an error to the slot's job, free the slot and forget its KV cache."""
@@ -515,7 +539,7 @@ class Engine:
             d.ttft = job.first_at - job.submitted
             job.ttft_sent = True
         job.ids, job.lps = [], []
-        job.send(d)
+        self._outbox.append((job, d))
 
     def _finish(self, s: _Slot, reason: str, text: str) -> None:
         job = s.job
