@@ -340,6 +340,7 @@ class Engine:
                         s.job is None for s in self._slots):
                     self._cv.wait()
                 if self._stopping:
+                    self._flush()
                     return
                 for s in self._slots:
                     if s.job is not None and s.job.cancelled:
@@ -353,10 +354,11 @@ class Engine:
                     for s in self._slots:
                         if s.job is not None:
                             self._fail(s, e)
-            self._flush()
+            if not any(s.job is not None for s in self._slots):  # no `_step` to flush them
+                self._flush()
 
     def _flush(self) -> None:
-        """Send the deltas of this step: one wake-up per event loop, not one per request
+        """Send the deltas of the last step: one wake-up per event loop, not one per request
         (each wake-up costs a self-pipe write and a GIL hand-off to the loop's thread)."""
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Delta]]] = {}
         for job, d in self._outbox:
@@ -489,6 +491,9 @@ class Engine:
                 s.out_idx = n - 1
             budget -= len(chunk)
         b.n_tokens = n
+        # The previous step's deltas: sent now, the event loop does its work while
+        # llama_decode runs without the GIL instead of contending for it with this thread.
+        self._flush()
         rc = L.llama_decode(self.ctx, b)
         if rc != 0:
             raise ServerError(f"llama_decode failed ({rc}): the KV cache is full or the batch is invalid")

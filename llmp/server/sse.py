@@ -1,9 +1,9 @@
 """Server-sent events as OpenAI streams them: `data: {json}\\n\\n` ... `data: [DONE]\\n\\n`."""
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
+
+from llmp.services.inference import to_json
 
 HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
            "X-Accel-Buffering": "no"}
@@ -16,8 +16,12 @@ async def open_stream(request: web.Request) -> web.StreamResponse:
 
 
 async def send(resp: web.StreamResponse, data: dict) -> None:
-    await resp.write(b"data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-                     .encode() + b"\n\n")
+    await send_json(resp, to_json(data))
+
+
+async def send_json(resp: web.StreamResponse, event: str) -> None:
+    """Send an event already serialised as JSON text (see `inference.Call.stream`)."""
+    await resp.write(f"data: {event}\n\n".encode())
 
 
 async def done(resp: web.StreamResponse) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
@@ -37,6 +38,13 @@ SYSTEM_FINGERPRINT = f"llmp-{__version__}"
 MAX_N = 16
 MAX_STOP = 16
 _ROLES_HINT = "messages must be a non-empty array of {role, content} objects"
+#: compact JSON, as every stream chunk is serialised (one encoder: `json.dumps` with options
+#: builds a new one per call)
+to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+#: a string as `to_json` writes it (the C encoder behind it)
+_json_str = json.encoder.encode_basestring
+#: stands for the text in a pre-serialised chunk (see `Call._text_chunk`)
+_TEXT_SLOT = "\0text\0"
 
 
 # ----------------------------------------------------------------------------- validation
@@ -267,6 +275,9 @@ class Call:
     ttft: float | None = None
     generated: int = 0  # tokens received so far, over all choices
     started: float = field(default_factory=time.perf_counter)
+    _chunk_head: str = field(default="", init=False, repr=False)  # see `_chunk_json`
+    _text_templates: dict[int, tuple[str, str]] = field(default_factory=dict, init=False,
+                                                        repr=False)  # see `_text_chunk`
 
     def __post_init__(self) -> None:
         self.id = self.id or new_id("chatcmpl" if self.kind == "chat" else "cmpl")
@@ -360,51 +371,82 @@ class Call:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
                 "system_fingerprint": SYSTEM_FINGERPRINT, "choices": choices}
 
-    async def stream(self) -> AsyncIterator[dict]:
-        """Chunk dicts as OpenAI streams them (the caller frames them as SSE and adds
-        `[DONE]`); with stream_options.include_usage a last chunk with `usage` and no choices.
-        Nothing is yielded before the engine has admitted the request and produced its first
-        token, so admission errors (queue full, context length) surface before any chunk."""
+    def _chunk_json(self, choices: list[dict]) -> str:
+        """`to_json(self._chunk(choices))`, serialising the part that is the same in every
+        chunk of the request (id, object, created, model, fingerprint) only once."""
+        if not self._chunk_head:
+            self._chunk_head = to_json(self._chunk([])).removesuffix("[]}")
+        return self._chunk_head + to_json(choices) + "}"
+
+    def _text_chunk(self, i: int, text: str) -> str:
+        """The chunk of nearly every token: text for choice `i`, no logprobs, no finish. It is
+        serialised once per choice with a placeholder for the text, which is then the only
+        part encoded per token (the same bytes as `_chunk_json`)."""
+        template = self._text_templates.get(i)
+        if template is None:
+            choice = {"text": _TEXT_SLOT, "index": i} if self.kind == "completion" else \
+                {"index": i, "delta": {"content": _TEXT_SLOT}}
+            before, after = self._chunk_json([{**choice, "logprobs": None, "finish_reason": None}]
+                                             ).split(to_json(_TEXT_SLOT))
+            template = self._text_templates[i] = (before, after)
+        return template[0] + _json_str(text) + template[1]
+
+    async def stream(self) -> AsyncIterator[str]:
+        """Chunks as OpenAI streams them, serialised as JSON text (the caller frames them as
+        SSE and adds `[DONE]`); with stream_options.include_usage a last chunk with `usage`
+        and no choices. Nothing is yielded before the engine has admitted the request and
+        produced its first token, so admission errors (queue full, context length) surface
+        before any chunk."""
         async with contextlib.aclosing(self._streams()) as deltas:
-            item = await anext(deltas, None)
-            async for chunk in self._opening():
+            first = await anext(deltas, None)
+            for chunk in self._opening():
                 yield chunk
             n = len(self.requests)
             parsers = [ToolCallParser(self.tool_family) if self.tool_family else None
                        for _ in range(n)]
             n_calls = [0] * n
-            while item is not None:
-                i, d = item
-                self._account(d)
-                if self.kind == "completion":
-                    if d.text or d.finish_reason:
-                        yield self._chunk([{
-                            "text": d.text, "index": i,
-                            "logprobs": _logprobs_text(d.logprobs or [], 0)
-                            if self.want_logprobs else None,
-                            "finish_reason": d.finish_reason}])
-                else:
-                    for chunk in self._chat_chunks(i, d, parsers[i], n_calls):
+            if first is not None:
+                for chunk in self._delta_chunks(*first, parsers, n_calls):
+                    yield chunk
+                async for i, d in deltas:
+                    for chunk in self._delta_chunks(i, d, parsers, n_calls):
                         yield chunk
-                item = await anext(deltas, None)
         if self.include_usage:
             last = self._chunk([])
             last["usage"] = _usage_dict(self.usage)
             last["metadata"] = self.metadata()
-            yield last
+            yield to_json(last)
 
-    async def _opening(self) -> AsyncIterator[dict]:
+    def _delta_chunks(self, i: int, d: Delta, parsers: list[ToolCallParser | None],
+                      n_calls: list[int]) -> list[str]:
+        """The chunks for one delta of choice `i` (none, one, or several for tool calls)."""
+        self._account(d)
+        if d.finish_reason is None and not self.want_logprobs and parsers[i] is None:
+            return [self._text_chunk(i, d.text)] if d.text else []
+        if self.kind == "chat":
+            return [self._chunk_json([c]) for c in self._chat_choices(i, d, parsers[i], n_calls)]
+        if not (d.text or d.finish_reason):
+            return []
+        return [self._chunk_json([{
+            "text": d.text, "index": i,
+            "logprobs": _logprobs_text(d.logprobs or [], 0) if self.want_logprobs else None,
+            "finish_reason": d.finish_reason}])]
+
+    def _opening(self) -> list[str]:
         """The chunks before the first token: the assistant role (chat), or the echoed prompt."""
         n = len(self.requests)
         if self.kind == "chat":
-            yield self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
-                                "logprobs": None, "finish_reason": None} for i in range(n)])
-        elif self.echo_texts:
-            yield self._chunk([{"text": self.echo_texts[i], "index": i, "logprobs": None,
-                                "finish_reason": None} for i in range(n)])
+            return [self._chunk_json([{"index": i, "delta": {"role": "assistant", "content": ""},
+                                       "logprobs": None, "finish_reason": None}
+                                      for i in range(n)])]
+        if self.echo_texts:
+            return [self._chunk_json([{"text": self.echo_texts[i], "index": i, "logprobs": None,
+                                       "finish_reason": None} for i in range(n)])]
+        return []
 
-    def _chat_chunks(self, i: int, d: Delta, parser: ToolCallParser | None,
-                     n_calls: list[int]) -> list[dict]:
+    def _chat_choices(self, i: int, d: Delta, parser: ToolCallParser | None,
+                      n_calls: list[int]) -> list[dict]:
+        """The `choices[0]` of each chunk for one delta: content, tool calls, finish."""
         out = []
         text, calls = d.text, []
         if parser is not None:
@@ -415,22 +457,19 @@ class Call:
                 calls += self._final_calls(parser, n_calls[i] + len(calls))
         n_calls[i] += len(calls)
         if text or (self.want_logprobs and d.logprobs):
-            out.append(self._chunk([{
-                "index": i, "delta": {"content": text},
-                "logprobs": {"content": _logprobs_chat(d.logprobs or []), "refusal": None}
-                if self.want_logprobs else None,
-                "finish_reason": None}]))
+            out.append({"index": i, "delta": {"content": text},
+                        "logprobs": {"content": _logprobs_chat(d.logprobs or []), "refusal": None}
+                        if self.want_logprobs else None,
+                        "finish_reason": None})
         for c in calls:
             delta = {"function_call": c["function"]} if self.legacy_functions else \
                 {"tool_calls": [c]}
-            out.append(self._chunk([{"index": i, "delta": delta, "logprobs": None,
-                                     "finish_reason": None}]))
+            out.append({"index": i, "delta": delta, "logprobs": None, "finish_reason": None})
         if d.finish_reason is not None:
             reason = d.finish_reason
             if n_calls[i]:
                 reason = "function_call" if self.legacy_functions else "tool_calls"
-            out.append(self._chunk([{"index": i, "delta": {}, "logprobs": None,
-                                     "finish_reason": reason}]))
+            out.append({"index": i, "delta": {}, "logprobs": None, "finish_reason": reason})
         return out
 
     @staticmethod

@@ -38,9 +38,9 @@ async def _stream(request: web.Request, call: inference.Call) -> web.StreamRespo
         first = await anext(chunks)
         resp = await sse.open_stream(request)
         try:
-            await sse.send(resp, first)
+            await sse.send_json(resp, first)
             async for chunk in chunks:
-                await sse.send(resp, chunk)
+                await sse.send_json(resp, chunk)
         except (ConnectionError, asyncio.CancelledError):
             raise
         except LlmpError as e:  # after the headers: report in-band, as OpenAI does
