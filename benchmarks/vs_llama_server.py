@@ -126,7 +126,7 @@ async def _run(args: argparse.Namespace, model_path: str, llama: Server, llmp: S
     try:
         counts = [max(c, args.requests or max(4, 2 * c)) for c in levels]
         # One prompt set, split into disjoint ranges: warm-up first, then one per level and round.
-        prompts = _prompts(engine, args.prompt_tokens, 2 + args.rounds * sum(counts))
+        prompts = _prompts(engine, args.prompt_tokens, 2 + args.rounds * sum(counts), 0)
         warm, start = prompts[:2], 2
         gen = args.gen_tokens
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -55,13 +56,16 @@ class Run:
                 "seconds": round(self.seconds, 3)}
 
 
-def _prompts(engine: Engine, n_prompt: int, count: int) -> list[list[int]]:
+def _prompts(engine: Engine, n_prompt: int, count: int, start: int) -> list[list[int]]:
+    """`count` prompts of `n_prompt` tokens that share no prefix with each other nor with those
+    of other levels or earlier runs (a distinct first token from `start` on), so that no
+    prefix cache, in-process or in a long-running server, makes a level look faster."""
     base = engine.tokenize(_FILLER * (1 + n_prompt // 8))
     while len(base) < n_prompt:
         base += base
     base = base[:n_prompt]
     vocab = [t for t in range(engine.model.n_vocab) if t not in engine.model.eog_tokens and engine.model.piece(t)]
-    return [[vocab[(i * 7919) % len(vocab)]] + base[1:] for i in range(count)]
+    return [[vocab[((start + i) * 7919) % len(vocab)]] + base[1:] for i in range(count)]
 
 
 async def _bench_engine(engine: Engine, prompts: list[list[int]], conc: int, gen: int) -> Run:
@@ -196,12 +200,15 @@ async def _main(settings: Settings, model_id: str, path: str, levels: list[int],
     results: dict[str, dict[int, Run]] = {"llmp": {}}
     try:
         base = _Baseline(path, 2 * (n_prompt + gen) + 256, settings.threads, engine.model.eog_tokens) if baseline else None
-        warm = _prompts(engine, n_prompt, 2)  # first decodes allocate graphs: keep them out of the figures
+        start = random.randrange(1 << 20)  # this run's prompts differ from any earlier run's
+        warm = _prompts(engine, n_prompt, 2, start)  # first decodes allocate graphs: keep them out of the figures
+        start += 2
         await _bench_engine(engine, warm, 2, 4)
         if base is not None:
             await _bench_baseline(base, warm, 1, 4)
         for c in levels:
-            prompts = _prompts(engine, n_prompt, max(c, requests or 4))
+            prompts = _prompts(engine, n_prompt, max(c, requests or 4), start)
+            start += len(prompts)
             results["llmp"][c] = await _bench_engine(engine, prompts, c, gen)
             if base is not None:
                 results.setdefault("baseline", {})[c] = await _bench_baseline(base, prompts, c, gen)
