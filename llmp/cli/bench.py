@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -129,6 +130,9 @@ async def _bench_baseline(b: _Baseline, prompts: list[list[int]], conc: int, gen
     return run
 
 
+_USAGE = re.compile(rb'"usage":\s*\{')  # the chunk that carries usage (others: none or null)
+
+
 async def _bench_url(url: str, model: str, api_key: str | None, texts: list[str] | list[list[int]], conc: int,
                      gen: int) -> Run:
     import aiohttp
@@ -147,10 +151,12 @@ async def _bench_url(url: str, model: str, api_key: str | None, texts: list[str]
                 if r.status != 200:
                     raise ServerError(f"{endpoint}: HTTP {r.status}: {(await r.text())[:200]}")
                 async for raw in r.content:
-                    line = raw.decode().strip()
-                    if not line.startswith("data:") or line == "data: [DONE]":
+                    if not raw.startswith(b"data:") or raw.startswith(b"data: [DONE]"):
                         continue
-                    data = json.loads(line[5:])
+                    if ttft is not None and not _USAGE.search(raw):
+                        n += 1  # keep the client light: it shares the CPU with the server
+                        continue
+                    data = json.loads(raw[5:])
                     if data.get("usage"):
                         usage = data["usage"].get("completion_tokens")
                     if data.get("choices") and data["choices"][0].get("text"):
