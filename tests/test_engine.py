@@ -11,7 +11,8 @@ from llmp.engine.engine import Engine
 from llmp.engine.pool import ModelPool, ModelSpec
 from llmp.engine.textstream import TextStream
 from llmp.engine.types import GenerationRequest, Priority, SamplingParams
-from llmp.errors import ContextLengthExceededError, NotFoundError, ServiceUnavailableError
+from llmp.errors import (ContextLengthExceededError, InvalidRequestError, NotFoundError,
+                         ServiceUnavailableError)
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +147,16 @@ async def test_prompt_longer_than_context_is_rejected(engine):
     with pytest.raises(ContextLengthExceededError) as e:
         await engine.complete(chat)
     assert e.value.param == "messages"
+
+
+async def test_prompt_token_ids_outside_the_vocabulary_are_rejected(engine):
+    """Checked at admission: in a batch, llama_decode would fail every request of the step."""
+    n_vocab = engine.model.n_vocab
+    for bad in ([1, n_vocab], [-1, 2]):
+        with pytest.raises(InvalidRequestError) as e:
+            await engine.complete(GenerationRequest(bad, greedy(2)))
+        assert e.value.param == "prompt" and e.value.code == "invalid_parameter"
+    assert (await engine.complete(GenerationRequest([1, n_vocab - 1], greedy(2)))).finish_reason
 
 
 async def test_generation_filling_the_context_ends_with_length(engine):

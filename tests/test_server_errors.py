@@ -146,10 +146,11 @@ def _with_slots_full(server, engine):
 
 
 def test_prompt_token_ids_outside_the_vocabulary(server):
-    for prompt in ([1, 2, 999_999_999], [[5, -1]]):
-        assert_error(server.request("POST", "/v1/completions",
-                                    json={"model": "tiny", "prompt": prompt, "max_tokens": 2}),
-                     400, "invalid_request_error", "invalid_parameter", "prompt")
+    for prompt, stream in (([1, 2, 999_999_999], False), ([[5, -1]], False),
+                           ([[1, 2], [3, 999_999_999]], True)):
+        assert_error(server.request("POST", "/v1/completions", json={
+            "model": "tiny", "prompt": prompt, "max_tokens": 2, "stream": stream}),
+            400, "invalid_request_error", "invalid_parameter", "prompt")
 
 
 def test_logit_bias_token_ids_outside_the_vocabulary(server):

@@ -46,7 +46,8 @@ from llmp.engine.sampling import SamplerChain, backend_capable, token_logprob
 from llmp.engine.textstream import TextStream
 from llmp.engine.types import (ChatPrompt, Completion, Delta, GenerationRequest, TokenLogprob,
                                Usage)
-from llmp.errors import ContextLengthExceededError, LlmpError, ServerError, ServiceUnavailableError
+from llmp.errors import (ContextLengthExceededError, InvalidRequestError, LlmpError, ServerError,
+                         ServiceUnavailableError)
 
 CPU_DEFAULT_SLOTS = 8
 GPU_DEFAULT_SLOTS = 64
@@ -244,6 +245,11 @@ class Engine:
             tokens = self.tokenize(req.prompt, add_special=req.add_special and self.model.add_bos)
         else:
             tokens = [int(t) for t in req.prompt]
+            n_vocab = self.model.n_vocab
+            if not all(0 <= t < n_vocab for t in tokens):  # llama_decode would fail the whole step
+                raise InvalidRequestError(
+                    f"Invalid '{req.prompt_param}': token ids must be from 0 to {n_vocab - 1} "
+                    f"for {self.model_id}", param=req.prompt_param, code="invalid_parameter")
         if not tokens:
             tokens = [L.llama_vocab_bos(self.model.vocab)] if self.model.add_bos else self.tokenize(" ")
         if len(tokens) >= self.slot_ctx:
@@ -282,12 +288,16 @@ class Engine:
     # ------------------------------------------------------------------ status
     @property
     def busy(self) -> bool:
-        return bool(self._pending) or any(s.job is not None for s in self._slots)
+        """Whether a request is queued or running. Read under the lock: `_admit` pops a job off
+        the queue before it gives it a slot, and an unlocked read in between saw an idle engine."""
+        with self._cv:
+            return bool(self._pending) or any(s.job is not None for s in self._slots)
 
     def stats(self) -> dict[str, Any]:
         now = time.monotonic()
         window = [n for t, n in list(self._recent) if now - t <= 10.0]
         c = self._counters
+        busy = self.busy
         return {
             "model": self.model_id,
             "device": self.device,
@@ -305,7 +315,7 @@ class Engine:
             "model_bytes": self.model.info.size_bytes,
             "kv_cache_bytes": self.model.info.kv_bytes_per_token * self.slot_ctx * self.n_slots,
             "loaded_at": self.loaded_at,
-            "idle_seconds": round(now - self.last_used, 1) if not self.busy else 0.0,
+            "idle_seconds": round(now - self.last_used, 1) if not busy else 0.0,
         }
 
     # ------------------------------------------------------------------ shutdown
@@ -350,7 +360,6 @@ class Engine:
                 try:
                     self._step()
                 except Exception as e:  # keep serving: fail the jobs of this step, reset their KV
-                    self._flush()
                     for s in self._slots:
                         if s.job is not None:
                             self._fail(s, e)
@@ -372,7 +381,9 @@ class Engine:
                     job.cancelled = True
 
     def _fail(self, slot: _Slot, e: Exception) -> None:
-        """Deliver an error to the slot's job, free the slot and forget its KV cache."""
+        """Deliver an error to the slot's job (after the deltas already queued for it, so the
+        error comes last), free the slot and forget its KV cache."""
+        self._flush()
         slot.job.send(e if isinstance(e, LlmpError) else ServerError(f"engine step failed: {e}"))
         self._release(slot)
         L.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
@@ -400,17 +411,17 @@ class Engine:
             tokens = job.context()
             slot = max(free, key=lambda s: _common_prefix(s.cache, tokens))
             try:
-                self._start(slot, job)
+                self._start(slot, job, tokens)
             except Exception as e:
                 slot.job = job
                 self._fail(slot, e)
 
-    def _start(self, slot: _Slot, job: _Job) -> None:
-        """Give the slot to the job: keep the KV of the longest common prefix, queue the rest
-        for prefill. A resumed (preempted) job prefills its prompt plus the tokens it had
-        generated, so its next sample sees the context it would have had uninterrupted (a
-        recomputed KV can differ in the last bits: greedy output stays the same)."""
-        tokens = job.context()
+    def _start(self, slot: _Slot, job: _Job, tokens: list[int]) -> None:
+        """Give the slot to the job: keep the KV of the longest common prefix of `tokens`
+        (`job.context()`), queue the rest for prefill. A resumed (preempted) job prefills its
+        prompt plus the tokens it had generated, so its next sample sees the context it would
+        have had uninterrupted (a recomputed KV can differ in the last bits: greedy output stays
+        the same)."""
         keep = min(_common_prefix(slot.cache, tokens), len(tokens) - 1)
         if not L.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
             L.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
@@ -454,9 +465,11 @@ class Engine:
         return job
 
     def _release(self, slot: _Slot) -> None:
-        """The job is over (finished, failed or cancelled): free the slot and the job's chain."""
+        """The job is over (finished, failed or cancelled): free the slot and the job's chain.
+        The engine counts as used until then: `keep_alive` runs from the end of the last job."""
         if slot.job is not None:
             self._detach(slot).chain.free()
+            self.last_used = time.monotonic()
 
     def _step(self) -> None:
         b = self._batch
@@ -504,8 +517,9 @@ class Engine:
                 self._sample(s, now)
                 produced += 1
         self._counters["generated_tokens"] += produced
-        self._recent.append((time.monotonic(), produced))
-        while self._recent and time.monotonic() - self._recent[0][0] > 10.0:
+        t = time.monotonic()
+        self._recent.append((t, produced))
+        while t - self._recent[0][0] > 10.0:
             self._recent.popleft()
 
     def _sample(self, s: _Slot, now: float) -> None:

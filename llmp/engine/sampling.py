@@ -81,9 +81,6 @@ class SamplerChain:
         """CPU sampling from output `idx` of the last decode (also accepts the token)."""
         return int(L.llama_sampler_sample(self.ptr, ctx, idx))
 
-    def accept(self, token: int) -> None:
-        L.llama_sampler_accept(self.ptr, token)
-
     def free(self) -> None:
         if self.ptr:
             L.llama_sampler_free(self.ptr)

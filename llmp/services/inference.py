@@ -535,14 +535,10 @@ async def prepare_chat(pool, body: dict, *, priority: Priority = Priority.INTERA
                 legacy_functions=bool(functions) and not tools, want_logprobs=want_lp)
 
 
-def _check_token_ids(engine, params: SamplingParams, prompts: list[str | list[int]] = ()) -> None:
-    """Token ids a client sends (prompt arrays, logit_bias keys) must exist in the model's
-    vocabulary: llama.cpp would fail or silently ignore them."""
+def _check_token_ids(engine, params: SamplingParams) -> None:
+    """logit_bias keys must exist in the model's vocabulary (llama.cpp would silently ignore
+    them). Prompt token ids are checked by the engine itself (`Engine._make_job`)."""
     n_vocab = engine.model.n_vocab
-    for p in prompts:
-        if not isinstance(p, str) and not all(0 <= t < n_vocab for t in p):
-            raise _bad(f"Invalid 'prompt': token ids must be from 0 to {n_vocab - 1} for "
-                       f"{engine.model_id}", "prompt")
     if any(not 0 <= t < n_vocab for t in params.logit_bias):
         raise _bad(f"Invalid 'logit_bias': token ids must be from 0 to {n_vocab - 1} for "
                    f"{engine.model_id}", "logit_bias")
@@ -579,7 +575,7 @@ async def prepare_completion(pool, body: dict, *, priority: Priority = Priority.
     requests: list[GenerationRequest] = []
     echo_texts: list[str] = []
     prompt_tokens = 0
-    _check_token_ids(engine, params, prompts)
+    _check_token_ids(engine, params)
     for p in prompts:
         tokens = engine.tokenize(p, add_special=True) if isinstance(p, str) else p
         prompt_tokens += len(tokens)
