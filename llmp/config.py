@@ -71,6 +71,8 @@ class Settings:
     queue_size: int = 256  # waiting requests per model before 503
     # files
     max_file_bytes: int = 512 * 1024 * 1024
+    # requests
+    max_request_bytes: int = 16 * 1024 * 1024  # a JSON body larger than this: 413
     # misc
     admin_key: str | None = None  # LLMP_ADMIN_KEY
     log_level: str = "info"

@@ -77,9 +77,9 @@ def test_invalid_messages_and_tools(server):
     assert_error(post(messages=[{"role": "user", "content": 5}]), 400, "invalid_request_error",
                  "invalid_parameter", "messages[0].content")
     assert_error(post(tools=[{"type": "function"}]), 400, "invalid_request_error",
-                 "invalid_parameter", "tools[0]")
+                 "missing_parameter", "tools[0].function")
     assert_error(post(functions=[{"description": "no name"}]), 400, "invalid_request_error",
-                 "invalid_parameter", "functions[0]")
+                 "missing_parameter", "functions[0].name")
     assert_error(post(tool_choice="required"), 400, "invalid_request_error",
                  "invalid_parameter", "tool_choice")
     assert_error(post(function_call={"name": "f"}), 400, "invalid_request_error",

@@ -25,18 +25,15 @@ def backend_capable(p: SamplingParams) -> bool:
 
 
 def validate(p: SamplingParams) -> None:
-    if p.temperature < 0:
-        raise InvalidRequestError("temperature must be >= 0", param="temperature")
-    if not 0 < p.top_p <= 1:
-        raise InvalidRequestError("top_p must be in (0, 1]", param="top_p")
-    if p.top_k < 0:
-        raise InvalidRequestError("top_k must be >= 0", param="top_k")
-    if not 0 <= p.min_p <= 1:
-        raise InvalidRequestError("min_p must be in [0, 1]", param="min_p")
-    if p.max_tokens is not None and p.max_tokens < 0:
-        raise InvalidRequestError("max_tokens must be >= 0", param="max_tokens")
-    if p.logprobs is not None and not 0 <= p.logprobs <= 20:
-        raise InvalidRequestError("top_logprobs must be between 0 and 20", param="top_logprobs")
+    """The engine's own guard for callers that build `SamplingParams` by hand; HTTP bodies and
+    batch lines are validated once, with the same ranges, by `llmp.protocol.inference`."""
+    for name, ok in (("temperature", p.temperature >= 0), ("top_p", 0 <= p.top_p <= 1),
+                     ("top_k", p.top_k >= 0), ("min_p", 0 <= p.min_p <= 1),
+                     ("max_tokens", p.max_tokens is None or p.max_tokens >= 0),
+                     ("top_logprobs", p.logprobs is None or 0 <= p.logprobs <= 20)):
+        if not ok:
+            raise InvalidRequestError(f"Invalid '{name}': out of range", param=name,
+                                      code="invalid_parameter")
 
 
 class SamplerChain:
@@ -59,7 +56,8 @@ class SamplerChain:
                 g = L.llama_sampler_init_grammar(model.vocab, p.grammar.encode(), b"root")
                 if not g:
                     self.free()
-                    raise InvalidRequestError("invalid grammar (GBNF did not parse)", param="grammar")
+                    raise InvalidRequestError("invalid grammar (GBNF did not parse)",
+                                              param="response_format", code="invalid_schema")
                 add(g)
             if p.frequency_penalty or p.presence_penalty or p.repeat_penalty != 1.0:
                 add(L.llama_sampler_init_penalties(model.n_vocab, 64, p.repeat_penalty,

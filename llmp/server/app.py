@@ -22,13 +22,10 @@ from llmp.services.models import resolver
 
 ROUTE_MODULES = ["health", "keys", "models", "inference", "usage", "files", "batches", "webhooks"]
 
-#: the largest JSON body accepted (uploads go through /v1/files, streamed)
-MAX_JSON_BODY = 64 * 1024 * 1024
-
-
 def create_app(settings: Settings, *, pool: ModelPool | None = None) -> web.Application:
     """The /v1 app over the home in `settings`; a `pool` passed in is not closed by the app."""
-    app = web.Application(middlewares=[request_context], client_max_size=MAX_JSON_BODY)
+    app = web.Application(middlewares=[request_context], 
+                          client_max_size=settings.max_request_bytes)
     db = open_home(settings)
     app[SETTINGS] = settings
     app[DB] = db

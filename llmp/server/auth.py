@@ -11,7 +11,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from llmp.errors import PermissionDeniedError
+from llmp.errors import AuthenticationError, PermissionDeniedError
 from llmp.services import keys as keys_service
 from llmp.server.state import API_KEY, DB, LIMITER
 
@@ -19,9 +19,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def bearer(request: web.Request) -> str | None:
+    """The bearer token; AuthenticationError for one no key can be (not printable ASCII)."""
     value = request.headers.get("Authorization", "")
     scheme, _, token = value.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    if not (token.isascii() and token.isprintable()) or len(token) > 256:
+        raise AuthenticationError("Invalid API key", code="invalid_api_key")
+    return token
 
 
 def requires(permission: str) -> Callable[[Handler], Handler]:

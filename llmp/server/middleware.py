@@ -8,7 +8,6 @@ streaming responses get them too).
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 
@@ -17,7 +16,8 @@ from aiohttp import web
 from llmp.errors import (InvalidRequestError, LlmpError, NotFoundError, PayloadTooLargeError,
                          ServerError, ServiceUnavailableError)
 from llmp.ids import new_id
-from llmp.server.state import API_KEY, IN_FLIGHT, LIMITER, METRICS, REQUEST_ID
+from llmp.protocol.base import loads
+from llmp.server.state import API_KEY, IN_FLIGHT, LIMITER, METRICS, REQUEST_ID, SETTINGS
 
 log = logging.getLogger("llmp.server")
 
@@ -41,8 +41,7 @@ def _from_http(exc: web.HTTPException, request: web.Request) -> LlmpError:
             err.headers["Allow"] = allow
         return err
     if exc.status == 413:
-        return PayloadTooLargeError(f"The request body is too large ({exc.text})",
-                                    code="request_too_large")
+        return too_large(request)
     err = InvalidRequestError(exc.reason or exc.text or "Bad request", code="http_error")
     err.status = exc.status
     return err
@@ -97,13 +96,21 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
             response.headers.setdefault(name, value)
 
 
+def too_large(request: web.Request) -> PayloadTooLargeError:
+    limit = request.app[SETTINGS].max_request_bytes
+    return PayloadTooLargeError(
+        f"The request body is larger than the {limit:,}-byte limit (max_request_bytes)",
+        code="request_too_large")
+
+
 async def read_json(request: web.Request) -> dict:
-    """The request body as a JSON object; a clear invalid_request_error otherwise."""
-    try:
-        body = json.loads(await request.read() or b"null")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidRequestError(f"We could not parse the JSON body of your request ({e})",
-                                  code="invalid_json") from None
+    """The request body as a JSON object; a clear invalid_request_error otherwise (413
+    request_too_large over `max_request_bytes`, refused before reading when the
+    Content-Length says so)."""
+    length = request.content_length
+    if length is not None and length > request.app[SETTINGS].max_request_bytes:
+        raise too_large(request)
+    body = loads(await request.read())
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object", code="invalid_json")
     return body

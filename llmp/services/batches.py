@@ -41,6 +41,9 @@ from llmp.db import batches as batches_db
 from llmp.engine.types import Priority
 from llmp.errors import InvalidRequestError, LlmpError, NotFoundError, ServiceUnavailableError
 from llmp.ids import new_id
+from llmp.protocol.base import parse, parse_json
+from llmp.protocol.resources import (BATCH_ENDPOINTS, ChatLineShape, CompletionLineShape,
+                                     CreateBatchRequest)
 from llmp.services import inference
 from llmp.services import usage as usage_service
 from llmp.services import webhooks
@@ -57,7 +60,6 @@ ENDPOINTS: dict[str, Callable[..., Any]] = {
 MAX_LINES = 50_000
 MAX_REPORTED_ERRORS = 100  # validation stops collecting errors after this many
 MAX_WINDOW_S = 7 * 24 * 3600
-MAX_METADATA_PAIRS = 16
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 TERMINAL_EVENTS = {"completed": "batch.completed", "failed": "batch.failed",
                    "expired": "batch.expired", "cancelled": "batch.cancelled"}
@@ -88,26 +90,20 @@ def _error(code: str, message: str, line: int | None, param: str | None = None) 
     return {"code": code, "message": message, "param": param, "line": line}
 
 
+#: endpoint -> the shape its line bodies must have (values: the endpoint's request model,
+#: `inference.ChatCompletionRequest` ..., when the line runs)
+LINE_SHAPES = {"/v1/chat/completions": ChatLineShape, "/v1/completions": CompletionLineShape}
+assert tuple(ENDPOINTS) == tuple(LINE_SHAPES) == BATCH_ENDPOINTS
+
+
 def check_body(endpoint: str, body: Any) -> tuple[str, str] | None:
-    """A cheap shape check of one request body: (param, message) of the first problem, or
-    None. The inference layer validates the rest when the line runs (a bad value there fails
-    only that line, into the error file)."""
-    if not isinstance(body, dict):
-        return "body", "'body' must be a JSON object"
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        return "body.model", "'body.model' is required (a model id)"
-    if body.get("stream"):
-        return "body.stream", "streaming is not supported in a batch"
-    if endpoint == "/v1/chat/completions":
-        msgs = body.get("messages")
-        if not isinstance(msgs, list) or not msgs:
-            return "body.messages", "'body.messages' must be a non-empty list"
-        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in msgs):
-            return "body.messages", "every message must be an object with a 'role'"
-    elif endpoint == "/v1/completions":
-        p = body.get("prompt")
-        if not (isinstance(p, str) or (isinstance(p, list) and p)):
-            return "body.prompt", "'body.prompt' must be a string or a non-empty list"
+    """(param, message) of a line body whose shape is wrong (see `LINE_SHAPES`), or None."""
+    try:
+        parse(LINE_SHAPES[endpoint], body, prefix="body")
+    except InvalidRequestError as e:
+        if e.param == "body.stream":
+            return e.param, "streaming is not supported in a batch"
+        return e.param or "body", e.message
     return None
 
 
@@ -159,9 +155,9 @@ def validate_lines(lines: Iterable[bytes | str], endpoint: str, *,
             err("too_many_requests", f"A batch holds at most {MAX_LINES:,} requests", n)
             break
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            if err("invalid_json_line", f"This line is not valid JSON ({e.msg})", n):
+            obj = parse_json(text)
+        except ValueError as e:
+            if err("invalid_json_line", f"This line is not valid JSON ({e})", n):
                 break
             continue
         if not isinstance(obj, dict):
@@ -235,18 +231,6 @@ def to_api(db: Database, row: dict) -> dict:
     return out
 
 
-def _check_metadata(metadata: Any) -> dict | None:
-    if metadata is None:
-        return None
-    if (not isinstance(metadata, dict) or len(metadata) > MAX_METADATA_PAIRS
-            or not all(isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
-                       for k, v in metadata.items())):
-        raise InvalidRequestError(
-            "Invalid 'metadata': expected at most 16 string keys (<= 64 chars) with string "
-            "values (<= 512 chars)", param="metadata", code="invalid_parameter")
-    return metadata
-
-
 class Batches:
     """The batch API over one home: create/get/list/cancel, driven by a `BatchRunner`."""
 
@@ -255,19 +239,11 @@ class Batches:
         self.store = store
         self.runner = runner
 
-    def create(self, key: dict, body: dict) -> dict:
-        file_id = body.get("input_file_id")
-        if not isinstance(file_id, str) or not file_id:
-            raise InvalidRequestError("Missing required parameter: 'input_file_id'",
-                                      param="input_file_id", code="missing_parameter")
-        endpoint = body.get("endpoint")
-        if endpoint not in ENDPOINTS:
-            raise InvalidRequestError(
-                f"Invalid 'endpoint': {endpoint!r}; supported: {', '.join(ENDPOINTS)}",
-                param="endpoint", code="invalid_parameter")
-        window = body.get("completion_window", "24h")
+    def create(self, key: dict, body: dict | CreateBatchRequest) -> dict:
+        req = body if isinstance(body, CreateBatchRequest) else parse(CreateBatchRequest, body)
+        file_id, endpoint, window = req.input_file_id, req.endpoint, req.completion_window
         seconds = parse_window(window)
-        metadata = _check_metadata(body.get("metadata"))
+        metadata = req.metadata
         f = self.store.row(file_id, key)
         if f["purpose"] != "batch":
             raise InvalidRequestError(

@@ -186,5 +186,6 @@ class FileStore:
 
 def _clean_name(filename: str | None) -> str:
     """A display name: the last path component, or `upload` when none was sent."""
-    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if c.isprintable()).strip()[:255]
     return name or "upload"

@@ -30,14 +30,13 @@ from llmp import __version__
 from llmp.engine.tools import ToolCallParser
 from llmp.engine.types import (Delta, GenerationRequest, Priority, SamplingParams, TokenLogprob,
                                Usage)
-from llmp.errors import InvalidRequestError
+from llmp.errors import ContextLengthExceededError, InvalidRequestError
 from llmp.ids import new_id
+from llmp.protocol.base import parse
+from llmp.protocol.inference import ChatCompletionRequest, CompletionRequest
 
 #: identifies the serving software in every response (OpenAI's `system_fingerprint`)
 SYSTEM_FINGERPRINT = f"llmp-{__version__}"
-MAX_N = 16
-MAX_STOP = 16
-_ROLES_HINT = "messages must be a non-empty array of {role, content} objects"
 #: compact JSON, as every stream chunk is serialised (one encoder: `json.dumps` with options
 #: builds a new one per call)
 to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -47,145 +46,8 @@ _json_str = json.encoder.encode_basestring
 _TEXT_SLOT = "\0text\0"
 
 
-# ----------------------------------------------------------------------------- validation
 def _bad(message: str, param: str, code: str = "invalid_parameter") -> InvalidRequestError:
     return InvalidRequestError(message, param=param, code=code)
-
-
-def _number(body: dict, name: str, lo: float, hi: float | None, default: float | None,
-            *, integer: bool = False) -> Any:
-    v = body.get(name)
-    if v is None:
-        return default
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-    if integer:
-        ok = ok and float(v).is_integer()
-    if not ok or v < lo or (hi is not None and v > hi):
-        kind = "an integer" if integer else "a number"
-        fmt = (lambda x: str(int(x))) if integer else (lambda x: f"{x:g}")
-        rng = f" from {fmt(lo)}" + (f" to {fmt(hi)}" if hi is not None else "")
-        raise _bad(f"Invalid '{name}': {v!r} must be {kind}{rng}", name)
-    return int(v) if integer else float(v)
-
-
-def _bool(body: dict, name: str, default: bool = False) -> bool:
-    v = body.get(name, default)
-    if v is None:
-        return default
-    if not isinstance(v, bool):
-        raise _bad(f"Invalid '{name}': must be true or false", name)
-    return v
-
-
-def _require(body: dict, name: str) -> Any:
-    if body.get(name) is None:
-        raise _bad(f"Missing required parameter '{name}'", name, "missing_parameter")
-    return body[name]
-
-
-def _stop(body: dict) -> list[str]:
-    v = body.get("stop")
-    if v is None:
-        return []
-    stops = [v] if isinstance(v, str) else v
-    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops) \
-            or len(stops) > MAX_STOP:
-        raise _bad(f"Invalid 'stop': a string or a list of at most {MAX_STOP} strings", "stop")
-    return [s for s in stops if s]
-
-
-def _logit_bias(body: dict) -> dict[int, float]:
-    v = body.get("logit_bias")
-    if v is None:
-        return {}
-    try:
-        out = {int(k): float(b) for k, b in v.items()}
-    except (AttributeError, TypeError, ValueError):
-        raise _bad("Invalid 'logit_bias': a map of token ids to numbers", "logit_bias") from None
-    if any(not -100 <= b <= 100 for b in out.values()):
-        raise _bad("Invalid 'logit_bias': biases must be from -100 to 100", "logit_bias")
-    return out
-
-
-def _sampling(body: dict, *, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
-    seed = _number(body, "seed", -(2 ** 63), 2 ** 64, None, integer=True)
-    return SamplingParams(
-        temperature=_number(body, "temperature", 0, 2, 1.0),
-        top_p=_number(body, "top_p", 0, 1, 1.0),
-        top_k=_number(body, "top_k", 0, None, 0, integer=True),
-        min_p=_number(body, "min_p", 0, 1, 0.0),
-        seed=seed,
-        max_tokens=max_tokens,
-        stop=_stop(body),
-        frequency_penalty=_number(body, "frequency_penalty", -2, 2, 0.0),
-        presence_penalty=_number(body, "presence_penalty", -2, 2, 0.0),
-        repeat_penalty=_number(body, "repeat_penalty", 0, None, 1.0),
-        logit_bias=_logit_bias(body),
-        logprobs=logprobs,
-        ignore_eos=_bool(body, "ignore_eos"),
-    )
-
-
-def _stream_flags(body: dict) -> tuple[bool, bool]:
-    stream = _bool(body, "stream")
-    opts = body.get("stream_options")
-    if opts is not None and not isinstance(opts, dict):
-        raise _bad("Invalid 'stream_options': must be an object", "stream_options")
-    include_usage = bool((opts or {}).get("include_usage"))
-    return stream, include_usage
-
-
-#: roles whose messages must carry content (assistant may carry tool_calls instead)
-_CONTENT_ROLES = ("system", "developer", "user", "tool", "function")
-
-
-def _messages(body: dict) -> list[dict]:
-    """`messages`: a non-empty array of objects, content a string or an array of parts
-    (required except on assistant turns, which may carry tool_calls/function_call only)."""
-    messages = _require(body, "messages")
-    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-        raise _bad(_ROLES_HINT, "messages")
-    for i, m in enumerate(messages):
-        content = m.get("content")
-        if content is None and m.get("role") in _CONTENT_ROLES:
-            raise _bad(f"Missing required parameter 'messages[{i}].content'",
-                       f"messages[{i}].content", "missing_parameter")
-        if content is not None and not isinstance(content, (str, list)):
-            raise _bad(f"Invalid 'messages[{i}].content': must be a string or an array of "
-                       "content parts", f"messages[{i}].content")
-    return messages
-
-
-def _tools(body: dict) -> tuple[list[dict] | None, list[dict] | None]:
-    """`tools` ({type: function, function: {name, ...}}) and legacy `functions` ({name, ...}),
-    and a `tool_choice` / `function_call` that needs them."""
-    tools, functions = body.get("tools"), body.get("functions")
-    for name, v in (("tools", tools), ("functions", functions)):
-        if v is not None and (not isinstance(v, list) or not all(isinstance(t, dict) for t in v)):
-            raise _bad(f"Invalid '{name}': must be an array of objects", name)
-    for i, t in enumerate(tools or []):
-        fn = t.get("function")
-        if t.get("type", "function") != "function" or not isinstance(fn, dict) \
-                or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise _bad(f"Invalid 'tools[{i}]': expected {{\"type\": \"function\", \"function\": "
-                       "{\"name\": ..., \"parameters\": {...}}}", f"tools[{i}]")
-    for i, f in enumerate(functions or []):
-        if not isinstance(f.get("name"), str) or not f["name"]:
-            raise _bad(f"Invalid 'functions[{i}]': a function needs a 'name'", f"functions[{i}]")
-    for choice, needs in (("tool_choice", "tools"), ("function_call", "functions")):
-        v = body.get(choice)
-        if not (tools or functions) and v is not None and v not in ("none", "auto"):
-            raise _bad(f"Invalid '{choice}': only allowed when '{needs}' are specified", choice)
-    return tools or None, functions or None
-
-
-def _model_id(body: dict) -> str:
-    if not isinstance(body, dict):
-        raise InvalidRequestError("The request body must be a JSON object", code="invalid_json")
-    model = _require(body, "model")
-    if not isinstance(model, str) or not model:
-        raise _bad("Invalid 'model': must be a string", "model")
-    return model
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -481,14 +343,6 @@ class Call:
 
 
 # ----------------------------------------------------------------------------- prepare
-def _choices(body: dict) -> int:
-    n = _number(body, "n", 1, MAX_N, 1, integer=True)
-    best_of = _number(body, "best_of", 1, MAX_N, None, integer=True)
-    if best_of is not None and best_of != n:
-        raise _bad("'best_of' other than 'n' is not supported", "best_of")
-    return n
-
-
 def _requests(prompt: list[int], params: SamplingParams, n: int, *, priority: Priority,
               request_id: str, param: str) -> list[GenerationRequest]:
     out = []
@@ -500,39 +354,61 @@ def _requests(prompt: list[int], params: SamplingParams, n: int, *, priority: Pr
     return out
 
 
-async def prepare_chat(pool, body: dict, *, priority: Priority = Priority.INTERACTIVE,
-                       request_id: str, model_version: str | None = None) -> Call:
-    model = _model_id(body)
-    messages = _messages(body)
-    stream, include_usage = _stream_flags(body)
-    n = _choices(body)
-    max_tokens = _number(body, "max_completion_tokens", 1, None, None, integer=True)
-    if max_tokens is None:
-        max_tokens = _number(body, "max_tokens", 1, None, None, integer=True)
-    want_lp = _bool(body, "logprobs")
-    top = _number(body, "top_logprobs", 0, 20, None, integer=True)
-    if top is not None and not want_lp:
-        raise _bad("'top_logprobs' requires 'logprobs': true", "top_logprobs")
-    params = _sampling(body, max_tokens=max_tokens, logprobs=(top or 0) if want_lp else None)
-    tools, functions = _tools(body)
-    rf = body.get("response_format")
-    if rf is not None and not isinstance(rf, dict):
-        raise _bad("Invalid 'response_format': must be an object", "response_format")
-    engine = await pool.get(model)
-    prompt = engine.render_chat(messages, tools=tools,
-                                tool_choice=body.get("tool_choice"), response_format=rf,
-                                functions=functions, function_call=body.get("function_call"))
+async def prepare_chat(pool, body: dict | ChatCompletionRequest, *,
+                       priority: Priority = Priority.INTERACTIVE, request_id: str,
+                       model_version: str | None = None) -> Call:
+    req = body if isinstance(body, ChatCompletionRequest) else parse(ChatCompletionRequest, body)
+    max_tokens = req.max_output
+    want_lp = bool(req.logprobs)
+    params = req.sampling_params(max_tokens=max_tokens,
+                                 logprobs=(req.top_logprobs or 0) if want_lp else None)
+    tools, functions = req.tool_dicts(), req.function_dicts()
+    engine = await pool.get(req.model)
     _check_token_ids(engine, params)
+    messages = req.message_dicts()
+    _precheck_size(engine, sum(_text_size(m) for m in messages), "messages")
+    prompt = await asyncio.to_thread(
+        engine.render_chat, messages, tools=tools, tool_choice=req.tool_choice_value(),
+        response_format=req.response_format_dict(), functions=functions,
+        function_call=req.function_call_value())
     if prompt.grammar:
         params.grammar = prompt.grammar
-    tokens = engine.tokenize(prompt.prompt, add_special=False, parse_special=True)
+    tokens = await asyncio.to_thread(engine.tokenize, prompt.prompt, add_special=False,
+                                     parse_special=True)
     return Call(kind="chat", engine=engine, model=engine.model_id,
-                requests=_requests(tokens, params, n, priority=priority, request_id=request_id,
-                                   param="messages"),
+                requests=_requests(tokens, params, req.choices, priority=priority,
+                                   request_id=request_id, param="messages"),
                 prompt_tokens=len(tokens), max_tokens=max_tokens, request_id=request_id,
-                streaming=stream, include_usage=include_usage, model_version=model_version,
+                streaming=bool(req.stream), include_usage=req.include_usage,
+                model_version=model_version,
                 tool_family=prompt.extra.get("tool_family", "hermes") if prompt.parse_tools else None,
                 legacy_functions=bool(functions) and not tools, want_logprobs=want_lp)
+
+
+#: a prompt of more characters than this many per token of context cannot fit (no vocabulary
+#: has many tokens longer than 64 bytes, and a character is at least one byte), so it is
+#: refused before it is tokenized: a 10 MB prompt costs a length check, not seconds of
+#: tokenization
+MAX_CHARS_PER_TOKEN = 64
+
+
+def _text_size(m: Any) -> int:
+    """The characters of text in a message (content and tool call arguments)."""
+    if isinstance(m, str):
+        return len(m)
+    if isinstance(m, dict):
+        return sum(_text_size(v) for v in m.values())
+    if isinstance(m, list):
+        return sum(_text_size(v) for v in m)
+    return 0
+
+
+def _precheck_size(engine, chars: int, param: str) -> None:
+    ctx = int(getattr(engine, "slot_ctx", 0) or 0)
+    if ctx and chars > ctx * MAX_CHARS_PER_TOKEN:
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {ctx} tokens; your prompt has {chars:,} "
+            f"characters, far more than fit. Shorten the {param}.", param=param)
 
 
 def _check_token_ids(engine, params: SamplingParams) -> None:
@@ -544,40 +420,26 @@ def _check_token_ids(engine, params: SamplingParams) -> None:
                    f"{engine.model_id}", "logit_bias")
 
 
-def _prompts(body: dict) -> list[str | list[int]]:
-    p = _require(body, "prompt")
-    if isinstance(p, str):
-        return [p]
-    if isinstance(p, list) and p:
-        if all(isinstance(x, str) for x in p):
-            return list(p)
-        if all(isinstance(x, int) and not isinstance(x, bool) for x in p):
-            return [list(p)]
-        if all(isinstance(x, list) and x and all(isinstance(t, int) for t in x) for x in p):
-            return [list(x) for x in p]
-    raise _bad("Invalid 'prompt': a string, an array of strings, an array of token ids or an "
-               "array of token-id arrays", "prompt")
-
-
-async def prepare_completion(pool, body: dict, *, priority: Priority = Priority.INTERACTIVE,
-                             request_id: str, model_version: str | None = None) -> Call:
-    model = _model_id(body)
-    prompts = _prompts(body)
-    stream, include_usage = _stream_flags(body)
-    n = _choices(body)
-    if body.get("suffix"):
-        raise _bad("'suffix' (fill-in-the-middle) is not supported", "suffix")
-    max_tokens = _number(body, "max_tokens", 1, None, 16, integer=True)  # OpenAI's default: 16
-    lp = _number(body, "logprobs", 0, 20, None, integer=True)
-    params = _sampling(body, max_tokens=max_tokens, logprobs=lp)
-    echo = _bool(body, "echo")
-    engine = await pool.get(model)
+async def prepare_completion(pool, body: dict | CompletionRequest, *,
+                             priority: Priority = Priority.INTERACTIVE, request_id: str,
+                             model_version: str | None = None) -> Call:
+    req = body if isinstance(body, CompletionRequest) else parse(CompletionRequest, body)
+    prompts = req.prompts()
+    n = req.choices
+    max_tokens = req.max_tokens
+    lp = req.logprobs
+    params = req.sampling_params(max_tokens=max_tokens, logprobs=lp)
+    echo = bool(req.echo)
+    engine = await pool.get(req.model)
+    _check_token_ids(engine, params)
+    _precheck_size(engine, max((len(p) for p in prompts if isinstance(p, str)), default=0),
+                   "prompt")
     requests: list[GenerationRequest] = []
     echo_texts: list[str] = []
     prompt_tokens = 0
-    _check_token_ids(engine, params)
     for p in prompts:
-        tokens = engine.tokenize(p, add_special=True) if isinstance(p, str) else p
+        tokens = await asyncio.to_thread(engine.tokenize, p, add_special=True) \
+            if isinstance(p, str) else p
         prompt_tokens += len(tokens)
         requests += _requests(tokens, params, n, priority=priority, request_id=request_id,
                               param="prompt")
@@ -585,8 +447,9 @@ async def prepare_completion(pool, body: dict, *, priority: Priority = Priority.
             echo_texts += [p if isinstance(p, str) else engine.detokenize(p)] * n
     return Call(kind="completion", engine=engine, model=engine.model_id, requests=requests,
                 prompt_tokens=prompt_tokens, max_tokens=max_tokens, request_id=request_id,
-                streaming=stream, include_usage=include_usage, model_version=model_version,
-                echo_texts=echo_texts, want_logprobs=lp is not None)
+                streaming=bool(req.stream), include_usage=req.include_usage,
+                model_version=model_version, echo_texts=echo_texts,
+                want_logprobs=lp is not None)
 
 
 async def chat_completion(pool, body: dict, *, priority: Priority = Priority.INTERACTIVE,

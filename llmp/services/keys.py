@@ -26,6 +26,8 @@ from typing import Any
 from llmp.db import keys as db_keys
 from llmp.errors import AuthenticationError, InvalidRequestError, NotFoundError
 from llmp.ids import new_id, random_base62
+from llmp.protocol.base import parse
+from llmp.protocol.resources import KEY_PERMISSIONS, TIER_NAMES, CreateKeyRequest
 from llmp.services import timefmt
 from llmp.services.limits import TIERS
 
@@ -43,6 +45,8 @@ PERMISSIONS: dict[str, str] = {
     "webhooks": "manage webhooks",
     "admin": "everything, including API key management",
 }
+assert tuple(PERMISSIONS) == KEY_PERMISSIONS and tuple(TIERS) == TIER_NAMES, \
+    "llmp.protocol.resources lists the same permissions and tiers"
 ADMIN = "admin"
 DEFAULT_PERMISSIONS = ["inference", "models.read"]
 DEFAULT_TIER = "pro"
@@ -95,56 +99,17 @@ def public(key: dict) -> dict[str, Any]:
     }
 
 
-def _positive(value: Any, param: str, typ: type) -> Any:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-    if typ is int:
-        ok = ok and float(value).is_integer()
-    if not ok:
-        raise InvalidRequestError(f"'{param}' must be a positive {'integer' if typ is int else 'number'}",
-                                  param=param, code="invalid_parameter")
-    return typ(value)
-
-
-def validate_create(body: dict) -> dict[str, Any]:
+def validate_create(body: dict | CreateKeyRequest) -> dict[str, Any]:
     """Check a POST /v1/auth/api-keys body; returns the columns of the new key."""
-    name = body.get("name")
-    if name is None:
-        raise InvalidRequestError("Missing required parameter 'name'", param="name",
-                                  code="missing_parameter")
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidRequestError("Invalid 'name': must be a non-empty string", param="name",
-                                  code="invalid_parameter")
-    perms = body.get("permissions", DEFAULT_PERMISSIONS)
-    if not isinstance(perms, list) or not perms or not all(isinstance(p, str) for p in perms):
-        raise InvalidRequestError("'permissions' must be a non-empty list of strings",
-                                  param="permissions", code="invalid_parameter")
-    unknown = [p for p in perms if p not in PERMISSIONS]
-    if unknown:
-        raise InvalidRequestError(
-            f"Unknown permission(s) {', '.join(unknown)}; known: {', '.join(PERMISSIONS)}",
-            param="permissions", code="invalid_parameter")
-    tier = body.get("tier") or ("enterprise" if ADMIN in perms else DEFAULT_TIER)
-    if tier not in TIERS:
-        raise InvalidRequestError(f"'tier' must be one of {', '.join(TIERS)}", param="tier",
-                                  code="invalid_parameter")
-    cols: dict[str, Any] = {"name": name.strip(), "permissions": list(dict.fromkeys(perms)),
-                            "tier": tier}
-    rate = body.get("rate_limit") or {}
-    if not isinstance(rate, dict):
-        raise InvalidRequestError("'rate_limit' must be an object", param="rate_limit",
-                                  code="invalid_parameter")
-    for f in ("requests_per_minute", "tokens_per_minute"):
-        if rate.get(f) is not None:
-            cols[f] = _positive(rate[f], f"rate_limit.{f}", int)
-    limits = body.get("limits") or {}
-    if not isinstance(limits, dict):
-        raise InvalidRequestError("'limits' must be an object", param="limits",
-                                  code="invalid_parameter")
-    for f in _QUOTA_FIELDS:
-        if limits.get(f) is not None:
-            cols[f] = _positive(limits[f], f"limits.{f}", float if f == "monthly_budget" else int)
-    if body.get("expires_at") is not None:
-        t = timefmt.parse(body["expires_at"], param="expires_at")
+    req = body if isinstance(body, CreateKeyRequest) else parse(CreateKeyRequest, body)
+    perms = req.permissions or list(DEFAULT_PERMISSIONS)
+    tier = req.tier or ("enterprise" if ADMIN in perms else DEFAULT_TIER)
+    cols: dict[str, Any] = {"name": req.name, "permissions": perms, "tier": tier}
+    for part in (req.rate_limit, req.limits):
+        if part is not None:
+            cols.update(part.model_dump(exclude_none=True))
+    if req.expires_at is not None:
+        t = timefmt.parse(req.expires_at, param="expires_at")
         if t <= timefmt.now():
             raise InvalidRequestError("'expires_at' is in the past", param="expires_at",
                                       code="invalid_parameter")
@@ -152,7 +117,7 @@ def validate_create(body: dict) -> dict[str, Any]:
     return cols
 
 
-def create(db, body: dict) -> dict[str, Any]:
+def create(db, body: dict | CreateKeyRequest) -> dict[str, Any]:
     """Create a key from an API body; the result carries the secret as `api_key` (shown once)."""
     cols = validate_create(body)
     secret = new_secret()

@@ -1,7 +1,10 @@
 """/v1/files: upload (multipart, streamed to disk), list, retrieve, delete, download."""
 from __future__ import annotations
 
-from aiohttp import web
+from typing import Any
+
+from aiohttp import MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from llmp.errors import InvalidRequestError
 from llmp.server.auth import requires
@@ -24,6 +27,26 @@ async def _field(part) -> str:
     return data.decode("utf-8", "replace").strip()
 
 
+def _bad_form(e: Exception) -> InvalidRequestError:
+    return InvalidRequestError(f"The multipart/form-data body could not be read ({e})",
+                               param="file", code="invalid_multipart")
+
+
+async def _multipart(request: web.Request) -> MultipartReader:
+    try:
+        return await request.multipart()
+    except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as e:
+        raise _bad_form(e) from None
+
+
+async def _next_part(reader: MultipartReader) -> Any:
+    """The next part; a malformed body (no boundary, bad headers, garbage) is a 400."""
+    try:
+        return await reader.next()
+    except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as e:
+        raise _bad_form(e) from None
+
+
 @requires("files.write")
 async def upload(request: web.Request) -> web.Response:
     """multipart/form-data with `file` and `purpose` (in any order); the file part is written
@@ -36,8 +59,8 @@ async def upload(request: web.Request) -> web.Response:
     filename = ""
     up: Upload | None = None
     try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
+        reader = await _multipart(request)
+        while (part := await _next_part(reader)) is not None:
             if part.name == "purpose":
                 purpose = check_purpose(await _field(part))
             elif part.name == "file" and up is None:

@@ -6,6 +6,8 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
+from llmp.protocol.base import parse
+from llmp.protocol.resources import CreateWebhookRequest
 from llmp.server.auth import requires
 from llmp.server.middleware import int_param, read_json
 from llmp.server.state import API_KEY, DB
@@ -17,10 +19,10 @@ DELIVERER = web.AppKey("webhook_deliverer", Deliverer)
 
 @requires("webhooks")
 async def create(request: web.Request) -> web.Response:
-    body = await read_json(request)
+    body = parse(CreateWebhookRequest, await read_json(request))
     return web.json_response(webhooks.create(
-        request.app[DB], request[API_KEY], url=body.get("url"), events=body.get("events"),
-        secret=body.get("secret")))
+        request.app[DB], request[API_KEY], url=body.url, events=body.events,
+        secret=body.secret))
 
 
 @requires("webhooks")

@@ -1,0 +1,141 @@
+"""Request bodies and query strings of the management endpoints: API keys, files, batches,
+webhooks, usage. Types and ranges live here; what needs the database (does the file exist,
+is the URL allowed) stays in the services.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, StrictStr, WithJsonSchema, field_validator
+
+from llmp.protocol.base import RequestModel, number
+
+#: the largest count a key limit may have: exact as a float, far above any real limit
+MAX_COUNT = 2 ** 53
+MAX_BUDGET = 1e12
+
+KEY_PERMISSIONS = ("inference", "models.read", "files.read", "files.write", "batches.read",
+                   "batches.write", "fine_tuning.read", "fine_tuning.write", "moderation",
+                   "usage.read", "webhooks", "admin")
+TIER_NAMES = ("free", "pro", "enterprise")
+BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
+
+Permission = Annotated[StrictStr, WithJsonSchema({"type": "string", "enum": list(KEY_PERMISSIONS)})]
+Count = number(1, MAX_COUNT, integer=True)
+Name = Annotated[StrictStr, Field(min_length=1, max_length=256)]
+
+
+class RateLimit(RequestModel):
+    requests_per_minute: Count | None = None  # type: ignore[valid-type]
+    tokens_per_minute: Count | None = None  # type: ignore[valid-type]
+
+
+class KeyLimits(RequestModel):
+    monthly_budget: number(0, MAX_BUDGET, exclusive_lo=True) | None = None  # type: ignore[valid-type]
+    requests_per_month: Count | None = None  # type: ignore[valid-type]
+    tokens_per_month: Count | None = None  # type: ignore[valid-type]
+
+
+class CreateKeyRequest(RequestModel):
+    """POST /v1/auth/api-keys"""
+
+    name: Name
+    permissions: Annotated[list[Permission], Field(min_length=1, max_length=64)] | None = None
+    rate_limit: RateLimit | None = None
+    limits: KeyLimits | None = None
+    tier: Literal[TIER_NAMES] | None = None  # type: ignore[valid-type]
+    expires_at: StrictStr | None = None
+
+    @field_validator("permissions")
+    @classmethod
+    def _known(cls, v: list[str] | None) -> list[str] | None:
+        unknown = [p for p in v or [] if p not in KEY_PERMISSIONS]
+        if unknown:
+            raise ValueError(f"unknown permission(s) {', '.join(map(repr, unknown[:5]))}; "
+                             f"known: {', '.join(KEY_PERMISSIONS)}")
+        return list(dict.fromkeys(v)) if v is not None else None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be a non-empty string")
+        return v.strip()
+
+
+Metadata = Annotated[dict[Annotated[StrictStr, Field(max_length=64)],
+                          Annotated[StrictStr, Field(max_length=512)]], Field(max_length=16)]
+
+
+class CreateBatchRequest(RequestModel):
+    """POST /v1/batches"""
+
+    input_file_id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    endpoint: Literal[BATCH_ENDPOINTS]  # type: ignore[valid-type]
+    completion_window: Annotated[StrictStr, Field(max_length=32)] = "24h"
+    metadata: Metadata | None = None
+
+
+class BatchLine(RequestModel):
+    """One line of a batch input file (its body is the endpoint's request model)."""
+
+    custom_id: Annotated[StrictStr, Field(min_length=1, max_length=512)]
+    method: Literal["POST"]
+    url: Literal[BATCH_ENDPOINTS]  # type: ignore[valid-type]
+    body: dict
+
+
+class _Role(RequestModel):
+    role: StrictStr
+
+
+class _LineBody(RequestModel):
+    model: Annotated[StrictStr, Field(min_length=1)]
+    stream: Literal[False] | None = None
+
+
+class ChatLineShape(_LineBody):
+    """The shape a chat batch line's body must have for the batch to be accepted; its values
+    are validated by `ChatCompletionRequest` when the line runs (a bad value fails that line
+    with a 400 in the error file, as OpenAI's batches do)."""
+
+    messages: Annotated[list[_Role], Field(min_length=1)]
+
+
+class CompletionLineShape(_LineBody):
+    """As `ChatLineShape`, for /v1/completions."""
+
+    prompt: StrictStr | Annotated[list, Field(min_length=1)]
+
+
+class CreateWebhookRequest(RequestModel):
+    """POST /v1/webhooks"""
+
+    url: Annotated[StrictStr, Field(min_length=1, max_length=2048)]
+    events: Annotated[list[StrictStr], Field(min_length=1, max_length=64)]
+    secret: Annotated[StrictStr, Field(min_length=1, max_length=1024)] | None = None
+
+
+class UploadForm(RequestModel):
+    """POST /v1/files (multipart/form-data; `file` is the binary part)."""
+
+    purpose: StrictStr
+
+
+class ListQuery(RequestModel):
+    """?after=&limit=&order= of the list endpoints."""
+
+    after: StrictStr | None = None
+    limit: int | None = None
+    order: Literal["asc", "desc"] | None = None
+
+
+class UsageQuery(RequestModel):
+    """GET /v1/usage"""
+
+    start_date: StrictStr | None = None
+    end_date: StrictStr | None = None
+    granularity: Literal["day", "hour"] = "day"
+    model: StrictStr | None = None
+    key_id: StrictStr | None = None
+    group_by: StrictStr | None = None
