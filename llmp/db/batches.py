@@ -83,8 +83,34 @@ def start(db: Database, batch_id: str, lines: Iterable[tuple[int, str, str]], *,
 
 def pending_lines(db: Database, batch_id: str, *, after_line: int = 0, limit: int = 256) -> list[dict]:
     return list(db.query(
-        "select line, custom_id, body from batch_lines where batch_id = ? and status = 'pending' "
-        "and line > ? order by line limit ?", [batch_id, after_line, limit]))
+        "select line, custom_id, body, crashes from batch_lines where batch_id = ? "
+        "and status = 'pending' and line > ? order by line limit ?",
+        [batch_id, after_line, limit]))
+
+
+# -- the crash guard: a line is marked in flight (committed) before it runs --------------------
+
+def mark_in_flight(db: Database, batch_id: str, line: int) -> None:
+    with _lock, db.atomic():
+        db.execute("update batch_lines set in_flight = 1 where batch_id = ? and line = ?",
+                   [batch_id, line])
+
+
+def clear_in_flight(db: Database, batch_id: str, lines: Iterable[int]) -> None:
+    """Lines stopped cleanly (a shutdown, a cancel): they did not crash the process."""
+    with _lock, db.atomic():
+        db.conn.executemany("update batch_lines set in_flight = 0 where batch_id = ? and line = ?",
+                            [(batch_id, n) for n in lines])
+
+
+def count_crashes(db: Database) -> int:
+    """At start, before any line runs: every pending line still marked in flight was running
+    when the previous process died; count that against it. Returns how many there were."""
+    with _lock, db.atomic():
+        cur = db.execute("update batch_lines set crashes = crashes + 1, in_flight = 0 "
+                         "where in_flight = 1 and status = 'pending'")
+        db.execute("update batch_lines set in_flight = 0 where in_flight = 1")
+        return cur.rowcount
 
 
 def record_results(db: Database, results: Iterable[dict[str, Any]], *,

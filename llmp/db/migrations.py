@@ -325,3 +325,11 @@ def m0031_usage_hist_percentiles(db: Database) -> None:
             f"update {table} set percentiles = ? where key_id = ? and {period} = ? and model = ?",
             ((",".join(map(str, hist_percentiles(decode_hist(h)))), k, t, m)
              for k, t, m, h in rows))
+
+
+@MIGRATIONS(name="0040_batch_line_crash_guard")
+def m0040_batch_line_crash_guard(db: Database) -> None:
+    # in_flight: 1 while a line runs (set, durably, before it starts; cleared when it finishes
+    # or is stopped cleanly); crashes: how often the process died while the line ran.
+    db.execute("alter table batch_lines add column in_flight integer not null default 0")
+    db.execute("alter table batch_lines add column crashes integer not null default 0")

@@ -69,11 +69,20 @@ LOOKAHEAD = 2
 RETRY_BUSY_S = 0.25
 FLUSH_LINES = 64  # group commit: write results when this many wait ...
 FLUSH_S = 0.02  # ... or this long after the first one  # wait before resubmitting a line the engine refused (queue full)
+#: a line that was running when the process died this many times is failed, not run again
+#: (it may be what kills the process: a resumed batch must not crash every restart)
+MAX_CRASHES = 2
 _WINDOW = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 # -- validation ------------------------------------------------------------------------------
+
+def _crashed_error(crashes: int) -> dict:
+    return {"message": f"This request was running when the server stopped unexpectedly "
+                       f"{crashes} times; it is not run again", "type": "server_error",
+            "param": None, "code": "request_crashed"}
+
 
 def parse_window(value: Any) -> int:
     """`"24h"` -> 86400 seconds; any `<n>s|m|h|d` from 1 second to 7 days."""
@@ -329,6 +338,10 @@ class BatchRunner:
 
     async def start(self) -> None:
         self.store.sweep_partials()
+        crashed = batches_db.count_crashes(self.db)
+        if crashed:
+            log.warning("%d batch line(s) were running when the server stopped unexpectedly; "
+                        "each is retried once, then failed", crashed)
         self._tasks = [asyncio.create_task(self._loop(), name="batch-runner"),
                        asyncio.create_task(self._writer(), name="batch-writer")]
 
@@ -436,6 +449,10 @@ class BatchRunner:
                     for r in rows:
                         after = r["line"]
                         body = json.loads(r["body"])
+                        if r["crashes"] >= MAX_CRASHES:
+                            self._done_line(b, r["line"], r["custom_id"], body, new_id("req"),
+                                            500, {"error": _crashed_error(r["crashes"])}, 0.0)
+                            continue
                         try:
                             sem = await self._slots_for(body["model"])
                         except LlmpError as e:  # the model is gone or cannot load
@@ -467,7 +484,9 @@ class BatchRunner:
         """Execute one request (holding one of the model's slots) and queue its result."""
         request_id = new_id("req")
         t0 = time.perf_counter()
+        finished = False
         try:
+            batches_db.mark_in_flight(self.db, b["id"], line)
             while True:
                 try:
                     resp = await ENDPOINTS[b["endpoint"]](self.pool, body, request_id=request_id,
@@ -485,8 +504,11 @@ class BatchRunner:
                     payload = {"error": {"message": f"internal error: {e}", "type": "server_error",
                                          "param": None, "code": "internal_error"}}
                     break
+            finished = True
         finally:
             slot.release()
+            if not finished:  # stopped cleanly (shutdown, cancel): not a crash
+                batches_db.clear_in_flight(self.db, b["id"], [line])
         self._done_line(b, line, custom_id, body, request_id, status_code, payload,
                         (time.perf_counter() - t0) * 1000)
 
