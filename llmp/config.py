@@ -73,6 +73,10 @@ class Settings:
     max_file_bytes: int = 512 * 1024 * 1024
     # requests
     max_request_bytes: int = 16 * 1024 * 1024  # a JSON body larger than this: 413
+    # server
+    shutdown_grace: float = 30.0  # seconds open requests get to finish on SIGTERM/Ctrl-C
+    # webhooks: deliveries to loopback/private/link-local addresses (never to metadata ones)
+    webhook_allow_private: bool = False
     # misc
     admin_key: str | None = None  # LLMP_ADMIN_KEY
     log_level: str = "info"
@@ -106,12 +110,25 @@ class Settings:
         return self.n_threads if self.n_threads > 0 else physical_cores()
 
     def ensure_dirs(self) -> "Settings":
+        """Make the home's folders; the home, files/ and adapters/ are private to the user
+        (0700), whatever the umask."""
         for d in (self.home, self.models_dir, self.files_dir, self.adapters_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for d in (self.home, self.files_dir, self.adapters_dir):
+            private(d, 0o700)
         return self
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
+
+
+def private(path: Path, mode: int = 0o600) -> None:
+    """chmod `path` to `mode` when it exists and is ours (a shared home stays as it is)."""
+    try:
+        if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
+    except OSError:
+        pass
 
 
 def _coerce(name: str, typ: Any, value: Any) -> Any:

@@ -146,7 +146,9 @@ def start_server(home: Path, model_path: Path, **settings_fields):
 
     @contextlib.contextmanager
     def run():
-        fields = {"n_slots": 16, "slot_ctx": 512, "keep_alive": -1, **settings_fields}
+        # webhook receivers in tests listen on 127.0.0.1: the operator setting that allows it
+        fields = {"n_slots": 16, "slot_ctx": 512, "keep_alive": -1,
+                  "webhook_allow_private": True, **settings_fields}
         settings = Settings(home=home, **fields).ensure_dirs()
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name="llmp-test-server", daemon=True)

@@ -11,6 +11,7 @@ import pytest
 from llmp.config import Settings
 from llmp.db import keys as db_keys
 from llmp.db import open_home
+from llmp.server.state import WRITER
 from llmp.services import keys as keys_service
 
 # one protected route per permission (method, path, body)
@@ -78,9 +79,11 @@ def test_expiry_and_last_used(server):
     secret = server.make_key(["models.read"])
     rec = keys_service.authenticate(server.db, secret)
     assert server.request("GET", "/v1/models", key=secret)[0] == 200
+    server.app[WRITER].flush()  # last_used_at is written off the event loop
     assert db_keys.by_id(server.db, rec["id"])["last_used_at"]
     past = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     server.db.execute("update api_keys set expires_at = ? where id = ?", [past, rec["id"]])
+    keys_service.forget(rec["id"])  # a change behind the server's back: drop its cached record
     st, _, body = server.request("GET", "/v1/models", key=secret)
     assert st == 401 and body["error"]["code"] == "api_key_expired"
 
@@ -115,3 +118,66 @@ def test_cli_keys(server, cli, monkeypatch):
     monkeypatch.setenv("LLMP_URL", "http://127.0.0.1:9")
     r = cli("keys", "list")
     assert r.exit_code != 0 and "llmp serve" in r.stderr
+
+
+def test_the_bootstrap_admin_key_cannot_be_revoked(tiny_model_path, tmp_path):
+    """The operator's key (LLMP_ADMIN_KEY or admin_key) answers 403 to a revocation, with how
+    to rotate it; a restart with the same LLMP_ADMIN_KEY restores it even if it was revoked
+    behind the API's back."""
+    from conftest import start_server
+
+    secret = "sk-" + "b" * 40
+    with start_server(tmp_path / "home", tiny_model_path, admin_key=secret) as srv:
+        keys_service.ensure_admin(srv.db, srv.settings)
+        kid = keys_service.authenticate(srv.db, secret)["id"]
+        st, _, body = srv.request("DELETE", f"/v1/auth/api-keys/{kid}", key=secret)
+        assert st == 403 and body["error"]["type"] == "permission_error"
+        assert "LLMP_ADMIN_KEY" in body["error"]["message"]
+        assert srv.request("GET", "/v1/auth/api-keys", key=secret)[0] == 200
+        db_keys.revoke(srv.db, kid, "2020-01-01T00:00:00.000000Z")  # e.g. by an older llmp
+        keys_service.ensure_admin(srv.db, srv.settings)  # what `llmp serve` does at start
+        assert keys_service.authenticate(srv.db, secret)["id"] == kid
+        # rotation: a new LLMP_ADMIN_KEY replaces (and revokes) the previous one
+        rotated = srv.settings.replace(admin_key="sk-" + "c" * 40)
+        keys_service.ensure_admin(srv.db, rotated)
+        st, _, body = srv.request("GET", "/v1/auth/api-keys", key=secret)
+        assert st == 401 and body["error"]["code"] == "api_key_revoked"
+        assert srv.request("GET", "/v1/auth/api-keys", key=rotated.admin_key)[0] == 200
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"name": "x" * 257}, "name"),
+    ({"name": "x", "rate_limit": {"requests_per_minute": 1e30}}, "rate_limit.requests_per_minute"),
+    ({"name": "x", "limits": {"tokens_per_month": 10 ** 40}}, "limits.tokens_per_month"),
+    ({"name": "x", "limits": {"monthly_budget": float("inf")}}, "limits.monthly_budget"),
+    ({"name": "x", "limits": {"monthly_budget": 1e300}}, "limits.monthly_budget"),
+])
+def test_key_fields_are_bounded(server, body, param):
+    import json
+
+    raw = json.dumps(body).replace("Infinity", "1e999").encode()
+    st, _, err = server.request("POST", "/v1/auth/api-keys", data=raw,
+                                headers={"Content-Type": "application/json"})
+    assert st == 400 and err["error"]["param"] == param, err
+
+
+def test_home_files_are_private(server):
+    """llmp.db (with -wal/-shm), files/, adapters/ and uploads are the user's alone."""
+    import io
+
+    f = server.openai().files.create(file=("x.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
+    home = server.settings.home
+    for p in ("llmp.db", "llmp.db-wal", "llmp.db-shm", f"files/{f.id}"):
+        assert stat.S_IMODE(os.stat(home / p).st_mode) == 0o600, p
+    for d in (home, home / "files", home / "adapters"):
+        assert stat.S_IMODE(os.stat(d).st_mode) == 0o700, d
+    st, _, err = server.request("POST", "/v1/files", data=_multipart("y" * 300 + ".jsonl"),
+                                headers={"Content-Type": "multipart/form-data; boundary=XX"})
+    assert st == 400 and "filename" in err["error"]["message"], err
+
+
+def _multipart(filename: str) -> bytes:
+    return (b"--XX\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
+            b"--XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\""
+            + filename.encode() + b"\"\r\nContent-Type: application/octet-stream\r\n\r\n{}\n\r\n"
+            b"--XX--\r\n")

@@ -5,6 +5,7 @@ import io
 import json
 import time
 
+from llmp.server.state import WRITER
 from llmp.services import keys as keys_service
 from llmp.services.limits import TIERS, Limiter
 
@@ -39,9 +40,17 @@ def test_tokens_reserved_and_settled(server):
     # settled after the reply: the bucket lost about what was used, not prompt + max_tokens
     st, h, _ = server.request("GET", "/v1/models", key=key)
     assert 100 - used <= int(h["X-RateLimit-Remaining-Tokens"]) < 100 - used + 15
+    prompt = body["usage"]["prompt_tokens"]
+    # fits in the bucket once it refills: 429 with Retry-After
     st, h, body = server.request("POST", "/v1/chat/completions", key=key,
-                                 json={**CHAT, "max_tokens": 99})
+                                 json={**CHAT, "max_tokens": 100 - prompt})
     assert st == 429 and body["error"]["type"] == "rate_limit_error" and "Retry-After" in h
+    # larger than the bucket: it can never fit, and the 429 says so (no Retry-After)
+    st, h, body = server.request("POST", "/v1/chat/completions", key=key,
+                                 json={**CHAT, "max_tokens": 101 - prompt})
+    assert st == 429 and body["error"]["type"] == "rate_limit_error"
+    assert body["error"]["code"] == "request_too_large" and "Retry-After" not in h
+    assert "can never fit" in body["error"]["message"]
 
 
 def test_tiers():
@@ -70,9 +79,14 @@ def test_quota_exceeded(server):
     st, h, body = server.request("POST", "/v1/chat/completions", key=key, json=CHAT)
     assert st == 429 and body["error"]["type"] == "quota_exceeded_error"
     assert body["error"]["code"] == "quota_exceeded" and "Retry-After" in h
-    tok = server.make_key(limits={"tokens_per_month": 10})
+    probe = server.make_key()
+    prompt = server.request("POST", "/v1/chat/completions", key=probe,
+                            json=CHAT)[2]["usage"]["prompt_tokens"]
+    # room for one request's reservation (prompt + max_tokens), not for two
+    tok = server.make_key(limits={"tokens_per_month": prompt + 2 + 3})
     assert server.request("POST", "/v1/chat/completions", key=tok, json=CHAT)[0] == 200
-    assert server.request("POST", "/v1/chat/completions", key=tok, json=CHAT)[0] == 429
+    st, _, body = server.request("POST", "/v1/chat/completions", key=tok, json=CHAT)
+    assert st == 429 and "lower max_tokens" in body["error"]["message"]
 
 
 def test_batch_usage_counts_against_the_quota_as_it_happens(server, receiver):
@@ -112,3 +126,57 @@ def test_max_tokens_past_the_context_reserves_only_the_context(server):
         st, h, body = server.request("POST", "/v1/chat/completions", key=key,
                                      json={**CHAT, "max_tokens": 100_000})
         assert st == 200, body
+
+
+def _concurrently(n: int, fn) -> list:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(n) as ex:
+        return list(ex.map(lambda _: fn(), range(n)))
+
+
+def test_monthly_quotas_hold_under_concurrency(server):
+    """Quotas are reserved at admission: 40 concurrent requests on a quota of 5 requests give
+    exactly 5 answers; 30 on a quota of 50 tokens never use more than 50 tokens."""
+    key = server.make_key(limits={"requests_per_month": 5}, name="rpm5")
+    results = _concurrently(40, lambda: server.request("POST", "/v1/chat/completions", key=key,
+                                                       json=CHAT))
+    assert sorted(r[0] for r in results) == [200] * 5 + [429] * 35
+    assert all(r[2]["error"]["type"] == "quota_exceeded_error" for r in results if r[0] == 429)
+
+    key = server.make_key(limits={"tokens_per_month": 50}, name="tpm50")
+    body = {"model": "tiny", "prompt": "hello there", "max_tokens": 16, "ignore_eos": True}
+    results = _concurrently(30, lambda: server.request("POST", "/v1/completions", key=key,
+                                                       json=body))
+    answered = [r[2]["usage"]["total_tokens"] for r in results if r[0] == 200]
+    assert answered and sum(answered) <= 50
+    _, _, billing = server.request("GET", "/v1/usage/billing", key="admin")
+    kid = keys_service.authenticate(server.db, key)["id"]
+    report = server.request("GET", f"/v1/usage?key_id={kid}")[2]
+    assert report["total"]["tokens"] == sum(answered) <= 50
+
+
+def test_refusals_are_not_billed(server):
+    """A request refused (context too long, over the TPM bucket) is recorded with zero
+    tokens: it does not empty the bucket nor tip the key into its quota."""
+    from llmp.db import usage as db_usage
+
+    key = server.make_key(rate_limit={"requests_per_minute": 100, "tokens_per_minute": 100},
+                          limits={"tokens_per_month": 2000}, name="refused")
+    kid = keys_service.authenticate(server.db, key)["id"]
+    huge = {"model": "tiny", "prompt": "word " * 3000, "max_tokens": 4}
+    st, _, body = server.request("POST", "/v1/completions", key=key, json=huge)
+    assert st == 400 and body["error"]["code"] == "context_length_exceeded", body
+    st, _, body = server.request("POST", "/v1/completions", key=key,
+                                 json={"model": "tiny", "prompt": "word " * 100, "max_tokens": 4})
+    assert st == 429 and body["error"]["code"] == "request_too_large", body
+    st, h, body = server.request("POST", "/v1/completions", key=key,
+                                 json={"model": "tiny", "prompt": "hi", "max_tokens": 4})
+    assert st == 200
+    assert int(h["X-RateLimit-Remaining-Tokens"]) >= 100 - body["usage"]["total_tokens"] - 5
+    server.app[WRITER].flush()
+    rows = [r for r in db_usage.recent(server.db, 50, key_id=kid)]
+    assert sorted(r["status"] for r in rows) == [200, 400, 429]
+    for r in rows:
+        if r["status"] != 200:
+            assert (r["prompt_tokens"], r["completion_tokens"], r["cost"]) == (0, 0, 0.0)

@@ -146,3 +146,95 @@ def test_cli_webhooks(server, receiver, cli, monkeypatch):
     assert cli("webhooks", "rm", wid).exit_code == 0
     r = cli("webhooks", "add", rx.url, "-e", "nope")
     assert r.exit_code == 2 and "Unknown event" in r.stderr
+
+
+# -- hostile URLs (issue 9) --------------------------------------------------------------------
+
+def test_a_poisoned_url_fails_its_attempts_and_others_still_arrive(server, receiver):
+    """A URL stored before validation existed (a 64-character label makes aiohttp raise
+    UnicodeError) fails its own attempts; the deliverer lives and delivers the next event."""
+    from llmp.db import webhooks as webhooks_db
+
+    admin_id = keys_service.authenticate(server.db, server.admin_key)["id"]
+    poisoned = {"id": "wh_poisoned", "owner_key_id": admin_id, "all_keys": 1,
+                "url": f"http://{'a' * 64}.example/", "events": ["usage.limit.reached"],
+                "secret": SECRET, "created_at": int(time.time())}
+    webhooks_db.insert(server.db, poisoned)
+    server.run(_emit_limit(server, admin_id))
+    rx = receiver()
+    status, _, hook = server.request("POST", "/v1/webhooks", json={
+        "url": rx.url, "events": ["usage.limit.reached"]})
+    assert status == 200
+    server.request("POST", f"/v1/webhooks/{hook['id']}/test")
+    (h, body), = rx.wait(1)
+    assert json.loads(body)["type"] == "webhook.test"
+    deadline = time.monotonic() + 10
+    while True:
+        _, _, d = server.request("GET", "/v1/webhooks/wh_poisoned/deliveries")
+        if d["data"] and d["data"][0]["attempts"] >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    first = d["data"][0]
+    assert first["status"] == "pending" and first["attempts"] >= 1
+    assert "not a valid domain name" in first["last_error"]
+    server.request("DELETE", "/v1/webhooks/wh_poisoned")
+
+
+async def _emit_limit(server, key_id: str) -> str:
+    return webhooks.emit(server.db, "usage.limit.reached", {"key_id": key_id}, key_id=key_id)
+
+
+def test_bad_urls_are_400_at_creation(server):
+    for url in ("http://[::1", f"http://{'a' * 64}.example/", "http://x.example:99999/",
+                "ftp://x.example/", "http:///nohost", "http://exa mple.com/", "not a url",
+                "http://169.254.169.254/latest/meta-data/", "http://[fd00:ec2::254]/",
+                "http://metadata.google.internal/", "https://" + "a." * 1100 + "com/", 12):
+        status, _, err = server.request("POST", "/v1/webhooks", json={
+            "url": url, "events": ["batch.completed"]})
+        assert status == 400, (url, err)
+        assert err["error"]["param"] == "url" and err["error"]["code"] == "invalid_url"
+    status, _, ok = server.request("POST", "/v1/webhooks", json={
+        "url": "https://bücher.example:8443/hook", "events": ["batch.completed"]})
+    assert status == 200, ok
+    server.request("DELETE", f"/v1/webhooks/{ok['id']}")
+
+
+def test_private_addresses_are_refused_by_default(tiny_model_path, tmp_path):
+    import asyncio
+
+    from conftest import start_server
+
+    with start_server(tmp_path / "home", tiny_model_path, webhook_allow_private=False) as srv:
+        for url in ("http://127.0.0.1:8080/", "http://localhost/", "http://10.1.2.3/",
+                    "http://192.168.0.1/", "http://[::1]:9/", "http://169.254.1.1/",
+                    "http://[::ffff:127.0.0.1]/", "http://0.0.0.0/", "http://100.64.0.1/"):
+            status, _, err = srv.request("POST", "/v1/webhooks", json={
+                "url": url, "events": ["batch.completed"]})
+            assert status == 400 and "webhook_allow_private" in err["error"]["message"] \
+                or "metadata" in err["error"]["message"], (url, err)
+        status, _, ok = srv.request("POST", "/v1/webhooks", json={
+            "url": "https://hooks.example.com/x", "events": ["batch.completed"]})
+        assert status == 200
+
+    # after DNS too: a name that resolves to loopback is refused when the delivery is sent
+    async def resolve(allow: bool):
+        return await webhooks.PolicyResolver(allow).resolve("localhost", 80)
+
+    try:
+        asyncio.run(resolve(False))
+        raise AssertionError("localhost resolved")
+    except OSError as e:
+        assert "no address deliveries may reach" in str(e)
+    assert asyncio.run(resolve(True))
+
+
+def test_address_policy():
+    import ipaddress
+
+    ip = ipaddress.ip_address
+    assert webhooks.address_refusal(ip("169.254.169.254"), allow_private=True)
+    assert webhooks.address_refusal(ip("::ffff:169.254.169.254"), allow_private=True)
+    assert webhooks.address_refusal(ip("127.0.0.1"), allow_private=True) is None
+    assert webhooks.address_refusal(ip("127.0.0.1"), allow_private=False)
+    assert webhooks.address_refusal(ip("93.184.216.34"), allow_private=False) is None
+    assert webhooks.address_refusal(ip("2606:2800:220:1::1"), allow_private=False) is None

@@ -7,20 +7,26 @@ One writer path: every write goes through these functions on the process's one `
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
 
 import sqlite_utils
 
+from llmp.config import private
 from llmp.db.migrations import MIGRATIONS
 
 _lock = threading.RLock()
 
 
 def connect(path: Path | str, *, migrate: bool = True) -> sqlite_utils.Database:
+    """Open (and migrate) the database; the file and its -wal/-shm are private to the user
+    (0600: it holds webhook secrets)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
     db = sqlite_utils.Database(conn)
     db.execute("PRAGMA journal_mode=WAL")
@@ -30,6 +36,8 @@ def connect(path: Path | str, *, migrate: bool = True) -> sqlite_utils.Database:
     if migrate:
         with _lock:
             MIGRATIONS.apply(db)
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        private(p)
     return db
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from llmp.db import _lock
+from llmp.db import writer as db_writer
 
 
 def _decode(row: dict | None) -> dict | None:
@@ -49,6 +50,22 @@ def revoke(db: Database, key_id: str, revoked_at: str) -> None:
 
 
 def touch(db: Database, key_id: str, used_at: str) -> None:
-    """Set last_used_at."""
+    """Set last_used_at (through the process's writer when one runs: not waited for)."""
+    writer = db_writer.writer_for(db)
+    if writer is not None:
+        writer.submit(_touch, key_id, used_at)
+    else:
+        _touch(db, key_id, used_at)
+
+
+def _touch(db: Database, key_id: str, used_at: str) -> None:
     with _lock:
         db.execute("update api_keys set last_used_at = ? where id = ?", [used_at, key_id])
+
+
+def restore_bootstrap(db: Database, key_id: str) -> None:
+    """Make `key_id` the bootstrap admin key again: active, admin, no expiry."""
+    with _lock, db.atomic():
+        db.execute("update api_keys set bootstrap = 0 where bootstrap = 1 and id != ?", [key_id])
+        db.execute("update api_keys set bootstrap = 1, revoked_at = null, expires_at = null, "
+                   "permissions = ? where id = ?", [json.dumps(["admin"]), key_id])

@@ -333,3 +333,10 @@ def m0040_batch_line_crash_guard(db: Database) -> None:
     # or is stopped cleanly); crashes: how often the process died while the line ran.
     db.execute("alter table batch_lines add column in_flight integer not null default 0")
     db.execute("alter table batch_lines add column crashes integer not null default 0")
+
+
+@MIGRATIONS(name="0050_api_keys_bootstrap")
+def m0050_api_keys_bootstrap(db: Database) -> None:
+    # The bootstrap admin key (LLMP_ADMIN_KEY or $LLMP_HOME/admin_key) is marked, so that the
+    # API can refuse to revoke it; `llmp serve` marks it at every start.
+    db.execute("alter table api_keys add column bootstrap integer not null default 0")

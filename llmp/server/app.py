@@ -5,6 +5,7 @@ Shared state lives under the typed keys of `llmp.server.state`. Each resource is
 """
 from __future__ import annotations
 
+import asyncio
 import importlib
 import time
 from typing import AsyncIterator
@@ -13,10 +14,12 @@ from aiohttp import web
 
 from llmp.config import Settings
 from llmp.db import open_home
+from llmp.db import writer as db_writer
 from llmp.engine.pool import ModelPool
 from llmp.server.metrics import Metrics
 from llmp.server.middleware import end_partial_bodies, on_prepare, request_context
-from llmp.server.state import DB, IN_FLIGHT, LIMITER, METRICS, POOL, SETTINGS, STARTED_AT
+from llmp.server.state import (DB, IN_FLIGHT, LIMITER, METRICS, POOL, SETTINGS, SHUTDOWN,
+                               STARTED_AT, WRITER, Shutdown)
 from llmp.services.limits import Limiter
 from llmp.services.models import resolver
 
@@ -34,6 +37,11 @@ def create_app(settings: Settings, *, pool: ModelPool | None = None) -> web.Appl
     app[METRICS] = Metrics()
     app[STARTED_AT] = time.time()
     app[IN_FLIGHT] = {}
+    app[SHUTDOWN] = Shutdown()
+    # every write of the serving process goes through one thread with its own connection:
+    # the event loop (and /health) never waits on SQLite's write lock
+    app[WRITER] = db_writer.Writer(settings.db_path)
+    db_writer.register(db, app[WRITER])
     app.on_response_prepare.append(on_prepare)
     app.on_shutdown.append(end_partial_bodies)
 
@@ -41,6 +49,8 @@ def create_app(settings: Settings, *, pool: ModelPool | None = None) -> web.Appl
         yield
         if pool is None:
             await app[POOL].close()
+        db_writer.register(app[DB], None)
+        await asyncio.to_thread(app[WRITER].close)  # what is queued is written first
         app[DB].close()
 
     app.cleanup_ctx.append(lifecycle)

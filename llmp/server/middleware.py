@@ -8,6 +8,7 @@ streaming responses get them too).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 
@@ -17,7 +18,8 @@ from llmp.errors import (InvalidRequestError, LlmpError, NotFoundError, PayloadT
                          ServerError, ServiceUnavailableError)
 from llmp.ids import new_id
 from llmp.protocol.base import loads
-from llmp.server.state import API_KEY, IN_FLIGHT, LIMITER, METRICS, REQUEST_ID, SETTINGS
+from llmp.server.state import (API_KEY, IN_FLIGHT, LIMITER, METRICS, REQUEST_ID, SETTINGS,
+                               SHUTDOWN)
 
 log = logging.getLogger("llmp.server")
 
@@ -47,15 +49,27 @@ def _from_http(exc: web.HTTPException, request: web.Request) -> LlmpError:
     return err
 
 
+#: HTTP status recorded for a request whose client went away (nginx's convention)
+CLIENT_CLOSED = 499
+
+
 @web.middleware
 async def request_context(request: web.Request, handler) -> web.StreamResponse:
-    """Assign the request id; render every error; count the request."""
+    """Assign the request id; render every error; count the request. A client that went
+    away is a 499 (metrics, logs), never an error with a traceback."""
     client_id = request.headers.get("x-request-id", "")
     rid = client_id if _CLIENT_ID.match(client_id) else new_id("req")
     request[REQUEST_ID] = rid
+    shutdown = request.app[SHUTDOWN]
     in_flight = request.app[IN_FLIGHT]
     in_flight[id(request)] = request
+    status: int | None = None
+    resp: web.StreamResponse | None = None
     try:
+        if shutdown.draining and request.path not in ("/health", "/metrics"):
+            raise ServiceUnavailableError("The server is shutting down; retry in a moment",
+                                          code="server_shutting_down",
+                                          headers={"Retry-After": "5", "Connection": "close"})
         resp = await handler(request)
     except LlmpError as e:
         resp = error_response(e, rid)
@@ -63,6 +77,13 @@ async def request_context(request: web.Request, handler) -> web.StreamResponse:
         if e.status < 400:  # redirects and the like pass through
             raise
         resp = error_response(_from_http(e, request), rid)
+    except (ConnectionError, asyncio.CancelledError) as e:
+        status = CLIENT_CLOSED
+        log.info("%s %s (%s): the client closed the connection", request.method, request.path,
+                 rid)
+        if isinstance(e, asyncio.CancelledError):
+            raise
+        resp = web.Response(status=CLIENT_CLOSED)  # not sent: the connection is gone
     except Exception:
         log.exception("unhandled error in %s %s (%s)", request.method, request.path, rid)
         resp = error_response(ServerError("The server had an error while processing your "
@@ -70,9 +91,15 @@ async def request_context(request: web.Request, handler) -> web.StreamResponse:
                                           "log", code="internal_error"), rid)
     finally:
         del in_flight[id(request)]
-    route = request.match_info.route.resource
-    request.app[METRICS].count_request(
-        request.method, route.canonical if route is not None else "(unmatched)", resp.status)
+        if not in_flight:
+            shutdown.idle.set()
+        if status is None and resp is not None:
+            status = resp.status
+        if status is not None:
+            route = request.match_info.route.resource
+            request.app[METRICS].count_request(
+                request.method, route.canonical if route is not None else "(unmatched)", status)
+    assert resp is not None
     return resp
 
 

@@ -1,13 +1,25 @@
 """Typed keys for what the app shares with its handlers (`request.app[DB]`, ...)."""
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass, field
+
 from aiohttp import web
 from sqlite_utils import Database
 
 from llmp.config import Settings
+from llmp.db.writer import Writer
 from llmp.engine.pool import ModelPool
 from llmp.server.metrics import Metrics
 from llmp.services.limits import Limiter
+
+@dataclass
+class Shutdown:
+    """Where a graceful stop stands (see `llmp.server.runner.graceful_stop`)."""
+    draining: bool = False  # new requests get 503 server_shutting_down
+    aborting: bool = False  # the grace period is over: open streams end with an error event
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set when nothing is in flight
+
 
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", Database)
@@ -16,6 +28,8 @@ LIMITER = web.AppKey("limiter", Limiter)
 METRICS = web.AppKey("metrics", Metrics)
 STARTED_AT = web.AppKey("started_at", float)  # time.time() when the app was made
 IN_FLIGHT = web.AppKey("in_flight", dict)  # the requests being handled, by id(request)
+SHUTDOWN = web.AppKey("shutdown", Shutdown)
+WRITER = web.AppKey("writer", Writer)  # the one database writer (off the event loop)
 
 # per-request storage
 REQUEST_ID = web.RequestKey("request_id", str)  # set by the middleware: req_...

@@ -64,12 +64,14 @@ class Upload:
     """A file being received: written to a `.part` file, hashed and size-checked per chunk."""
 
     def __init__(self, directory: Path, max_bytes: int | None = None):
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = directory / f".{random_base62(16)}.part"
         self.max_bytes = max_bytes
         self.size = 0
         self._sha = hashlib.sha256()
-        self._f = open(self.path, "wb")
+        # private to the user whatever the umask (uploads may hold anything)
+        self._f = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600),
+                            "wb")
 
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -118,6 +120,7 @@ class FileStore:
         upload.close()
         try:
             check_purpose(purpose, allowed=PURPOSES)
+            filename = _clean_name(filename)
             if upload.size == 0:
                 raise InvalidRequestError("The uploaded file is empty", param="file",
                                           code="empty_file")
@@ -127,7 +130,7 @@ class FileStore:
         file_id = new_id("file")
         os.replace(upload.path, self.dir / file_id)
         row = files_db.insert(self.db, {
-            "id": file_id, "owner_key_id": owner, "filename": _clean_name(filename),
+            "id": file_id, "owner_key_id": owner, "filename": filename,
             "purpose": purpose, "bytes": upload.size, "sha256": upload.sha256,
             "storage": file_id, "status": status, "status_details": None,
             "created_at": int(time.time()), "expires_at": None})

@@ -156,6 +156,16 @@ class Call:
             min(self.max_tokens, room) if ctx else self.max_tokens
         return self.prompt_tokens + per_choice * len(self.requests)
 
+    def check_context(self) -> None:
+        """ContextLengthExceededError now, before anything is reserved for the call, when a
+        prompt leaves no room in a slot's context (the engine would refuse it at admission)."""
+        ctx = int(getattr(self.engine, "slot_ctx", 0))
+        for r in self.requests:
+            if ctx and not isinstance(r.prompt, str) and len(r.prompt) >= ctx:
+                raise ContextLengthExceededError(
+                    f"This model's context per request is {ctx} tokens; the prompt has "
+                    f"{len(r.prompt)} tokens. Shorten the prompt.", param=r.prompt_param)
+
     def metadata(self) -> dict:
         """The spec's `metadata` {request_id, processing_time_ms, model_version}. The spec shows
         it (numeric time) on /completions, whose OpenAI schema has no `metadata`; OpenAI's chat

@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+import time
+import weakref
 from pathlib import Path
 from typing import Any
 
 from llmp.db import keys as db_keys
-from llmp.errors import AuthenticationError, InvalidRequestError, NotFoundError
+from llmp.errors import (AuthenticationError, InvalidRequestError, NotFoundError,
+                         PermissionDeniedError)
 from llmp.ids import new_id, random_base62
 from llmp.protocol.base import parse
 from llmp.protocol.resources import KEY_PERMISSIONS, TIER_NAMES, CreateKeyRequest
@@ -52,6 +56,11 @@ DEFAULT_PERMISSIONS = ["inference", "models.read"]
 DEFAULT_TIER = "pro"
 SECRET_PREFIX = "sk-"
 _QUOTA_FIELDS = ("monthly_budget", "requests_per_month", "tokens_per_month")
+#: seconds a key record read for authentication is reused (revocation through this server
+#: applies at once: it drops the record; a change made by another process within this time)
+AUTH_CACHE_TTL = 2.0
+ROTATE_HINT = ("to rotate it, set LLMP_ADMIN_KEY to a new secret (or delete "
+               "$LLMP_HOME/admin_key) and restart llmp serve: the new key replaces it")
 
 
 def hash_secret(secret: str) -> str:
@@ -131,10 +140,55 @@ def list_keys(db) -> list[dict]:
 
 
 def revoke(db, key_id: str) -> dict:
-    if db_keys.by_id(db, key_id) is None:
+    key = db_keys.by_id(db, key_id)
+    if key is None:
         raise NotFoundError(f"No API key '{key_id}'", param="key_id", code="key_not_found")
+    if key.get("bootstrap"):
+        raise PermissionDeniedError(
+            f"The bootstrap admin key cannot be revoked or deleted through the API; "
+            f"{ROTATE_HINT}", param="key_id", code="bootstrap_key")
     db_keys.revoke(db, key_id, timefmt.iso())
+    forget(key_id)
     return public(db_keys.by_id(db, key_id))
+
+
+# -- authentication -----------------------------------------------------------------------
+
+#: db -> {key hash: (record, monotonic time read)}
+_auth_cache: weakref.WeakKeyDictionary[Any, dict[str, tuple[dict, float]]] = (
+    weakref.WeakKeyDictionary())
+_auth_lock = threading.Lock()
+
+
+def forget(key_id: str) -> None:
+    """Drop a key's cached record (after a revocation) so the next request reads it again."""
+    with _auth_lock:
+        for cache in _auth_cache.values():
+            for h in [h for h, (rec, _) in cache.items() if rec["id"] == key_id]:
+                del cache[h]
+
+
+def _lookup(db, key_hash: str) -> dict | None:
+    """The key record of a hash, from a short-lived cache (AUTH_CACHE_TTL)."""
+    now = time.monotonic()
+    with _auth_lock:
+        cache = _auth_cache.setdefault(db, {})
+        hit = cache.get(key_hash)
+        if hit is not None and now - hit[1] < AUTH_CACHE_TTL:
+            return dict(hit[0])
+    key = db_keys.by_hash(db, key_hash)
+    if key is not None:
+        with _auth_lock:
+            if len(cache) > 10_000:
+                cache.clear()
+            cache[key_hash] = (key, now)
+        return dict(key)
+    return None
+
+
+def current(db, key: dict) -> dict | None:
+    """The key's record as it is now (cached briefly, like authentication)."""
+    return _lookup(db, key["key_hash"]) if key.get("key_hash") else db_keys.by_id(db, key["id"])
 
 
 def authenticate(db, secret: str | None) -> dict:
@@ -142,7 +196,9 @@ def authenticate(db, secret: str | None) -> dict:
     if not secret:
         raise AuthenticationError(
             "Missing API key: send 'Authorization: Bearer sk-...'", code="missing_api_key")
-    key = db_keys.by_hash(db, hash_secret(secret))
+    if len(secret) > 512:
+        raise AuthenticationError("Invalid API key", code="invalid_api_key")
+    key = _lookup(db, hash_secret(secret))
     if key is None:
         raise AuthenticationError("Invalid API key", code="invalid_api_key")
     st = status(key)
@@ -154,29 +210,54 @@ def authenticate(db, secret: str | None) -> dict:
     if (key.get("last_used_at") or "")[:19] != now[:19]:  # at most one write per key per second
         db_keys.touch(db, key["id"], now)
         key["last_used_at"] = now
+        with _auth_lock:
+            hit = _auth_cache.get(db, {}).get(key["key_hash"])
+            if hit is not None:
+                hit[0]["last_used_at"] = now
     return key
 
 
 def ensure_admin(db, settings) -> str | None:
-    """Bootstrap the admin key. `settings.admin_key` (LLMP_ADMIN_KEY) is registered when set;
-    otherwise the key saved at `settings.admin_key_path` is kept, or a new one is made and
-    saved there (mode 0600). Returns the secret only when it was just made (print it once)."""
+    """Bootstrap the admin key. `settings.admin_key` (LLMP_ADMIN_KEY) is registered when set
+    (and restored when it was revoked or changed before this protection existed); otherwise
+    the key saved at `settings.admin_key_path` is kept, or a new one is made and saved there
+    (mode 0600). A new bootstrap key replaces the previous one, which is revoked (that is
+    how the operator rotates it). Returns the secret only when it was just made (print it
+    once)."""
     if settings.admin_key:
-        if db_keys.by_hash(db, hash_secret(settings.admin_key)) is None:
-            db_keys.insert(db, {"id": new_id("key"), "name": "admin (LLMP_ADMIN_KEY)",
-                                "key_hash": hash_secret(settings.admin_key),
-                                "prefix": settings.admin_key[:7], "permissions": [ADMIN],
-                                "tier": "enterprise", "created_at": timefmt.iso()})
+        key = db_keys.by_hash(db, hash_secret(settings.admin_key))
+        if key is None:
+            key = db_keys.insert(db, {"id": new_id("key"), "name": "admin (LLMP_ADMIN_KEY)",
+                                      "key_hash": hash_secret(settings.admin_key),
+                                      "prefix": settings.admin_key[:7], "permissions": [ADMIN],
+                                      "tier": "enterprise", "created_at": timefmt.iso()})
+        _make_bootstrap(db, key["id"])
         return None
     path: Path = settings.admin_key_path
     if path.exists():
         key = db_keys.by_hash(db, hash_secret(path.read_text().strip()))
         if key is not None and status(key) == "active" and is_admin(key):
+            if not key.get("bootstrap"):
+                _make_bootstrap(db, key["id"])
             return None
     secret = create(db, {"name": "admin", "permissions": [ADMIN]})["api_key"]
+    _make_bootstrap(db, db_keys.by_hash(db, hash_secret(secret))["id"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
-    os.chmod(path, 0o600)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
     return secret
+
+
+def _make_bootstrap(db, key_id: str) -> None:
+    """`key_id` becomes the bootstrap admin key; the previous one (a rotation) is revoked."""
+    now = timefmt.iso()
+    for k in db_keys.list_all(db, include_revoked=False):
+        if k.get("bootstrap") and k["id"] != key_id:
+            db_keys.revoke(db, k["id"], now)
+            forget(k["id"])
+    db_keys.restore_bootstrap(db, key_id)
+    forget(key_id)

@@ -4,15 +4,23 @@ Rate limits: each key has a requests-per-minute and a tokens-per-minute bucket. 
 are the key's own `rate_limit` when set, else its tier's (the spec's tiers: free 20 RPM /
 40,000 TPM, pro 3,500 RPM / 90,000 TPM; enterprise is custom: the key's own limits, by
 default 10,000 RPM / 10,000,000 TPM). A request takes one request token when it is
-authenticated; an inference request also reserves `prompt + max_tokens` tokens before it
-runs, and the reservation is settled against the real count when it ends. Buckets refill
-continuously; the `X-RateLimit-Reset-*` headers give the unix time at which the bucket is full
-again, as the spec's example does.
+authenticated; an inference request also reserves `prompt + max_tokens` tokens (max_tokens
+capped at the context) before it runs, and the reservation is settled against the real count
+when it ends. A request that could never fit in the bucket (a prompt, or prompt + an explicit
+max_tokens, larger than the tokens-per-minute limit) gets a 429 saying so, without
+Retry-After. Buckets refill continuously; the `X-RateLimit-Reset-*` headers give the unix time
+at which the bucket is full again, as the spec's example does.
 
 Quotas: a key may carry monthly limits (`monthly_budget` in the model prices' currency,
-`requests_per_month`, `tokens_per_month`); at or over one, requests get 429
-`quota_exceeded_error` until the next calendar month (UTC). Crossing one emits the
-`usage.limit.reached` webhook event.
+`requests_per_month`, `tokens_per_month`). They are atomic: `admit` reserves one request,
+the request's token estimate and its cost estimate against the month at admission, under the
+same lock as the buckets, and `settle` replaces the reservation by what the request really
+used. So concurrent requests can never take a key past a quota: a request whose reservation
+does not fit in what is left gets 429 `quota_exceeded_error` (until the next calendar month,
+UTC). Only billable requests count: answered ones and streams the client dropped (refusals are
+recorded with zero tokens and do not count). Crossing a quota emits `usage.limit.reached`.
+The month's counters are read from the database once per key and month, then kept in memory
+from every usage row this process records (the server is the only writer of usage).
 """
 from __future__ import annotations
 
@@ -88,17 +96,36 @@ class RateState:
 @dataclass
 class _Month:
     start: str  # "YYYY-MM-DDTHH" of the month's first hour
-    requests: int
+    requests: int  # billable requests recorded this month
     tokens: int
     cost: float
-    loaded: float  # monotonic time of the last read from the database
+    # reserved by requests admitted and not yet settled
+    r_requests: int = 0
+    r_tokens: int = 0
+    r_cost: float = 0.0
+
+
+@dataclass
+class Admission:
+    """What `Limiter.admit` reserved for one request; hand it to `Limiter.settle_admission`
+    once (with what the request really used)."""
+    key: dict
+    tokens: int = 0  # in the tokens-per-minute bucket
+    month: str | None = None  # the month of the quota reservation (None: the key has none)
+    month_tokens: int = 0
+    month_cost: float = 0.0
+    settled: bool = False
+
+
+def billable(row: dict) -> bool:
+    """Whether a usage row counts against quotas: answered (status < 400) or dropped by the
+    client after work was done (499)."""
+    status = row.get("status") or 200
+    return status < 400 or status == 499
 
 
 class Limiter:
     """Rate limits and quotas of every key, for one server process."""
-
-    #: re-read monthly totals at least this often (writers in other processes)
-    MONTH_TTL = 5.0
 
     def __init__(self, db, clock: Callable[[], float] = time.time):
         self.db = db
@@ -170,6 +197,76 @@ class Limiter:
             _, tok = self._pair(key, self.clock())
             tok.level = min(tok.capacity, tok.level + reserved - used)
 
+    # -- admission (rate limits and quotas together) ----------------------------------
+    def admit(self, key: dict, tokens: int, *, cost: float = 0.0,
+              min_tokens: int | None = None) -> Admission:
+        """Reserve what one request may use, atomically: a month's request, `tokens` and
+        `cost` against the key's quotas (QuotaExceededError when they do not fit), and
+        `tokens` in its tokens-per-minute bucket (RateLimitError: with Retry-After when the
+        bucket will have room, without when the request is larger than the bucket).
+        `min_tokens`: when the request did not set max_tokens, its prompt; the bucket then
+        reserves at most its size instead of refusing."""
+        has_quota = any(v is not None for v in self.quota_of(key).values())
+        tokens = max(0, int(tokens))
+        with self._lock:
+            now = self.clock()
+            m = None
+            if has_quota:
+                self._keys[key["id"]] = key
+                m = self._month(key["id"])[0]
+                self._check_quota(key, m, tokens, cost)
+            n = self._bucket_tokens(key, tokens, min_tokens, now)
+            if m is not None:
+                m.r_requests += 1
+                m.r_tokens += tokens
+                m.r_cost += cost
+            return Admission(key, n, m.start if m is not None else None, tokens, cost)
+
+    def _bucket_tokens(self, key: dict, n: int, min_tokens: int | None, now: float) -> int:
+        req, tok = self._pair(key, now)
+        if n > tok.capacity:
+            if min_tokens is None or min_tokens > tok.capacity:
+                need = n if min_tokens is None else min_tokens
+                raise RateLimitError(
+                    f"This request needs up to {need} tokens (prompt + max_tokens), more than "
+                    f"this key's limit of {tok.capacity} tokens per minute: it can never fit. "
+                    "Lower max_tokens or shorten the prompt.", code="request_too_large",
+                    headers=self._state(req, tok, now).headers())
+            n = tok.capacity
+        if tok.level < n:
+            raise self._denied("tokens", tok.capacity, tok.wait(n), self._state(req, tok, now))
+        tok.level -= n
+        return n
+
+    def settle_admission(self, adm: Admission, used_tokens: int) -> None:
+        """Give back what `adm` reserved; the month's real use arrives with the usage row
+        (`settle`), recorded in the same step by the caller, so nothing is counted twice or
+        missed in between."""
+        if adm.settled:
+            return
+        adm.settled = True
+        with self._lock:
+            if adm.tokens or used_tokens:
+                _, tok = self._pair(adm.key, self.clock())
+                tok.level = min(tok.capacity, tok.level + adm.tokens - used_tokens)
+            if adm.month is not None:
+                m = self._months.get(adm.key["id"])
+                if m is not None and m.start == adm.month:
+                    m.r_requests = max(0, m.r_requests - 1)
+                    m.r_tokens = max(0, m.r_tokens - adm.month_tokens)
+                    m.r_cost = max(0.0, m.r_cost - adm.month_cost)
+
+    def reserve_tokens(self, key: dict, n: int) -> int:
+        """Reserve `n` tokens in the bucket only (no quota); returns the amount reserved."""
+        with self._lock:
+            return self._bucket_tokens(key, max(0, int(n)), 0, self.clock())
+
+    def settle_tokens(self, key: dict, reserved: int, used: int) -> None:
+        """Give back what a request reserved but did not use (or take what it used beyond)."""
+        with self._lock:
+            _, tok = self._pair(key, self.clock())
+            tok.level = min(tok.capacity, tok.level + reserved - used)
+
     # -- quotas -----------------------------------------------------------------------
     @staticmethod
     def quota_of(key: dict) -> dict[str, float | int | None]:
@@ -178,19 +275,18 @@ class Limiter:
                 "tokens_per_month": key.get("tokens_per_month")}
 
     def _month(self, key_id: str) -> tuple[_Month, bool]:
-        """The key's counters this month, and whether they were just read from the database
-        (then they already include any rows recorded before this call)."""
+        """The key's counters this month, and whether they were just read from the database."""
         start = timefmt.month_start()
         start_hour = timefmt.iso(start)[:13]
         m = self._months.get(key_id)
-        if m is not None and m.start == start_hour and time.monotonic() - m.loaded <= self.MONTH_TTL:
+        if m is not None and m.start == start_hour:
             return m, False
         rows = db_usage.summary(self.db, start.date().isoformat(), "9999-12-31", group=[],
                                 key_id=key_id)
         r = rows[0] if rows else {}
-        m = _Month(start_hour, r.get("requests") or 0,
+        m = _Month(start_hour, (r.get("requests") or 0) - (r.get("errors") or 0),
                    (r.get("prompt_tokens") or 0) + (r.get("completion_tokens") or 0),
-                   r.get("cost") or 0.0, time.monotonic())
+                   r.get("cost") or 0.0)
         self._months[key_id] = m
         return m, True
 
@@ -205,19 +301,45 @@ class Limiter:
             return f"monthly budget of {q['monthly_budget']}"
         return None
 
+    def _quota_error(self, message: str) -> QuotaExceededError:
+        start = timefmt.next_month_start()
+        return QuotaExceededError(
+            f"{message}; it resets on {start.date().isoformat()}.",
+            headers={"Retry-After": str(max(1, int(start.timestamp() - self.clock())))})
+
+    def _check_quota(self, key: dict, m: _Month, tokens: int, cost: float) -> None:
+        what = self._exceeded(key, m)
+        if what:
+            raise self._quota_error(f"Quota exceeded: this key has used its {what}")
+        q = self.quota_of(key)
+        limit = q["requests_per_month"]
+        if limit is not None and m.requests + m.r_requests + 1 > limit:
+            raise self._quota_error(
+                f"Quota exceeded: this key's monthly request quota of {limit} is taken by "
+                f"{m.requests} requests made and {m.r_requests} in progress")
+        limit = q["tokens_per_month"]
+        if limit is not None and m.tokens + m.r_tokens + tokens > limit:
+            left = max(0, limit - m.tokens - m.r_tokens)
+            raise self._quota_error(
+                f"Quota exceeded: this request may use up to {tokens} tokens (prompt + "
+                f"max_tokens) and this key has {left} of its monthly token quota of {limit} "
+                "left (lower max_tokens to fit)")
+        limit = q["monthly_budget"]
+        if limit is not None and m.cost + m.r_cost + cost > limit:
+            left = max(0.0, limit - m.cost - m.r_cost)
+            raise self._quota_error(
+                f"Quota exceeded: this request may cost up to {cost:.6g} and this key has "
+                f"{left:.6g} of its monthly budget of {limit} left (lower max_tokens to fit)")
+
     def check_quota(self, key: dict) -> None:
-        """QuotaExceededError when the key has used up a monthly quota."""
+        """QuotaExceededError when the key has used up a monthly quota (no reservation)."""
         if not any(v is not None for v in self.quota_of(key).values()):
             return
         with self._lock:
             self._keys[key["id"]] = key
             what = self._exceeded(key, self._month(key["id"])[0])
         if what:
-            start = timefmt.next_month_start()
-            raise QuotaExceededError(
-                f"Quota exceeded: this key has used its {what}; it resets on "
-                f"{start.date().isoformat()}.",
-                headers={"Retry-After": str(max(1, int(start.timestamp() - self.clock())))})
+            raise self._quota_error(f"Quota exceeded: this key has used its {what}")
 
     def settle(self, rows: list[dict]) -> None:
         """Count freshly recorded usage rows (`usage.record_many` calls this for every writer
@@ -226,7 +348,7 @@ class Limiter:
         month = timefmt.iso(timefmt.month_start())[:13]
         added: dict[str, list] = {}
         for r in rows:
-            if r["key_id"] and r["created_at"][:13] >= month:
+            if r["key_id"] and r["created_at"][:13] >= month and billable(r):
                 a = added.setdefault(r["key_id"], [0, 0, 0.0])
                 a[0] += 1
                 a[1] += (r["prompt_tokens"] or 0) + (r["completion_tokens"] or 0)
@@ -236,15 +358,13 @@ class Limiter:
             if key is None or not any(v is not None for v in self.quota_of(key).values()):
                 continue
             with self._lock:
-                m, fresh = self._month(key_id)
-                if fresh:  # read after the rows were stored: they are counted already
-                    before = self._exceeded(key, _Month(m.start, m.requests - requests,
-                                                        m.tokens - tokens, m.cost - cost, 0.0))
-                else:
-                    before = self._exceeded(key, m)
-                    m.requests += requests
-                    m.tokens += tokens
-                    m.cost += cost
+                # rows reach the listeners before they are written (`usage.record_many`), so
+                # a month just read from the database does not hold them yet
+                m = self._month(key_id)[0]
+                before = self._exceeded(key, m)
+                m.requests += requests
+                m.tokens += tokens
+                m.cost += cost
                 after = self._exceeded(key, m)
             if after and not before:
                 _emit(self.db, "usage.limit.reached", {

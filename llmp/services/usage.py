@@ -8,10 +8,19 @@ from typing import Any, Callable
 
 from llmp.db import models as db_models
 from llmp.db import usage as db_usage
+from llmp.db import writer as db_writer
 from llmp.errors import InvalidRequestError
 from llmp.services import timefmt
 
 PERCENTILES = db_usage.PERCENTILES
+
+
+def price(model_row: dict | None, prompt_tokens: int, completion_tokens: int) -> float:
+    """The cost of so many tokens at a registered model's prices per 1K tokens (0 without)."""
+    if not model_row:
+        return 0.0
+    return (prompt_tokens * (model_row.get("price_input") or 0.0)
+            + completion_tokens * (model_row.get("price_output") or 0.0)) / 1000.0
 
 
 def cost_of(db, model: str | None, prompt_tokens: int, completion_tokens: int) -> tuple[float, str]:
@@ -48,14 +57,25 @@ def on_recorded(db, listener: Callable[[list[dict]], None]) -> None:
     _listeners.setdefault(db, []).append(listener)
 
 
-def record_many(db, rows: list[dict[str, Any]]) -> None:
-    """Store usage rows (made by `usage_row`) in one transaction, then settle them into the
-    listeners (quota counters; `usage.limit.reached`)."""
-    if not rows:
-        return
-    db_usage.insert_rows(db, rows)
+def notify(db, rows: list[dict[str, Any]]) -> None:
+    """Count usage rows in the listeners (quota counters; `usage.limit.reached`) without
+    storing them (the batch runner stores them with the lines' results)."""
     for listener in _listeners.get(db, ()):
         listener(rows)
+
+
+def record_many(db, rows: list[dict[str, Any]]) -> None:
+    """Count usage rows (made by `usage_row`) in the listeners, then store them in one
+    transaction: through the process's database writer when one runs (group commit, off the
+    event loop), else at once."""
+    if not rows:
+        return
+    notify(db, rows)
+    writer = db_writer.writer_for(db)
+    if writer is not None:
+        writer.add_usage(rows)
+    else:
+        db_usage.insert_rows(db, rows)
 
 
 def record(db, key_id: str | None, model: str | None, endpoint: str, prompt_tokens: int = 0,

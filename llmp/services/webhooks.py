@@ -12,6 +12,16 @@ signs with its UTF-8 bytes.
 
 Who receives what: an endpoint made by an admin key receives every key's events; an endpoint
 made by another key receives only the events of that key (a batch it owns, its own limits).
+
+Where deliveries may go: a URL is checked when it is registered (http/https, a host that
+IDNA-encodes, a valid port) and every address it resolves to is checked again when a delivery
+is sent (after DNS, so a name that later resolves to an internal address is still refused; no
+redirects are followed). By default loopback, private, link-local, shared (CGNAT), multicast
+and reserved addresses are refused; the operator allows them with `webhook_allow_private =
+true` in llmp.toml (or LLMP_WEBHOOK_ALLOW_PRIVATE=1), e.g. for a receiver on the same host.
+The cloud metadata addresses (169.254.169.254, fd00:ec2::254) are never allowed. A delivery
+that fails for any reason (refused address, DNS, TLS, timeout, a malformed URL) fails that
+attempt, is recorded and retried; it never stops the deliverer, which is supervised anyway.
 """
 from __future__ import annotations
 
@@ -21,15 +31,19 @@ import binascii
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import secrets
+import socket
 import threading
 import time
 from typing import Any, Callable
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 from sqlite_utils import Database
 
 from llmp.db import webhooks as webhooks_db
@@ -56,6 +70,117 @@ BACKOFF_BASE_S = 1.0  # retry n waits BACKOFF_BASE_S * 2**(n-1), at most BACKOFF
 BACKOFF_MAX_S = 3600.0
 SEND_TIMEOUT_S = 15.0
 SIGNATURE_TOLERANCE_S = 300
+MAX_URL_LENGTH = 2048
+MAX_SECRET_LENGTH = 256
+#: never a delivery target, whatever the settings (cloud instance metadata services)
+METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
+    "169.254.169.254", "fd00:ec2::254", "100.100.100.200"))
+METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata"})
+RESTART_DELAY_S = 1.0  # the deliverer's pause before it restarts after an unexpected error
+
+
+# -- where deliveries may go -------------------------------------------------------------------
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def address_refusal(ip: IPAddress, *, allow_private: bool) -> str | None:
+    """Why a delivery may not go to `ip` (None: it may)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip in METADATA_ADDRESSES:
+        return f"{ip} is a cloud metadata address"
+    if allow_private:
+        return None
+    if ip.is_loopback or ip.is_link_local or ip.is_private or ip.is_multicast \
+            or ip.is_unspecified or ip.is_reserved \
+            or (isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED_V4):
+        return (f"{ip} is a loopback, private, link-local or reserved address (allowed only "
+                "with webhook_allow_private = true in llmp.toml)")
+    return None
+
+
+_SHARED_V4 = ipaddress.ip_network("100.64.0.0/10")
+
+
+def _ip(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def check_url(url: Any, *, allow_private: bool) -> str:
+    """Validate a webhook URL at registration; returns it. InvalidRequestError (400) when it
+    is not an http(s) URL with an IDNA-encodable host and a valid port, or when its host is an
+    address (or a name such as localhost) that deliveries may not reach."""
+    def bad(why: str) -> InvalidRequestError:
+        return InvalidRequestError(f"Invalid 'url': {why}", param="url", code="invalid_url")
+
+    if not isinstance(url, str) or not url:
+        raise bad("expected an http:// or https:// URL")
+    if len(url) > MAX_URL_LENGTH:
+        raise bad(f"longer than {MAX_URL_LENGTH} characters")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        raise bad("contains whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        host = parts.hostname
+    except ValueError as e:
+        raise bad(f"not a valid URL ({e})") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise bad("expected an http:// or https:// URL with a host")
+    if port is not None and not 0 < port < 65536:
+        raise bad(f"port {port} is out of range")
+    ip = _ip(host)
+    if ip is None:
+        try:
+            ascii_host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise bad(f"the host {host!r} is not a valid domain name") from None
+        if len(ascii_host) > 253 or not all(
+                0 < len(label) <= 63 for label in ascii_host.rstrip(".").split(".")):
+            raise bad(f"the host {host!r} is not a valid domain name")
+        name = ascii_host.rstrip(".").lower()
+        if name in METADATA_HOSTS:
+            raise bad(f"{host} is a cloud metadata host")
+        if not allow_private and (name == "localhost" or name.endswith(".localhost")):
+            raise bad(f"{host} is a loopback host (allowed only with webhook_allow_private = "
+                      "true in llmp.toml)")
+    else:
+        why = address_refusal(ip, allow_private=allow_private)
+        if why:
+            raise bad(why)
+    return url
+
+
+class PolicyResolver(AbstractResolver):
+    """Resolves a webhook host and keeps only the addresses deliveries may reach (so a name
+    that resolves to an internal address is refused after DNS, not only at registration)."""
+
+    def __init__(self, allow_private: bool):
+        self.allow_private = allow_private
+        self._inner = DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        allowed, why = [], None
+        for r in results:
+            ip = _ip(r["host"])
+            reason = "not an IP address" if ip is None else \
+                address_refusal(ip, allow_private=self.allow_private)
+            if reason is None:
+                allowed.append(r)
+            else:
+                why = reason
+        if not allowed:
+            raise OSError(f"{host} resolves to no address deliveries may reach ({why})")
+        return allowed
+
+    async def close(self) -> None:
+        await self._inner.close()
 
 
 # -- signing -----------------------------------------------------------------------------------
@@ -112,12 +237,11 @@ def _api(w: dict, *, with_secret: bool = False) -> dict:
     return out
 
 
-def create(db: Database, key: dict, *, url: Any, events: Any, secret: Any = None) -> dict:
-    """Register an endpoint; the response carries the secret (made when none is given)."""
-    parsed = urlparse(url) if isinstance(url, str) else None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise InvalidRequestError("Invalid 'url': expected an http:// or https:// URL",
-                                  param="url", code="invalid_url")
+def create(db: Database, key: dict, *, url: Any, events: Any, secret: Any = None,
+           allow_private: bool = False) -> dict:
+    """Register an endpoint; the response carries the secret (made when none is given).
+    `allow_private`: the operator's `webhook_allow_private` setting (see the module doc)."""
+    url = check_url(url, allow_private=allow_private)
     if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
         raise InvalidRequestError(f"Invalid 'events': expected a non-empty list of: "
                                   f"{', '.join(EVENTS)}", param="events", code="invalid_events")
@@ -125,9 +249,11 @@ def create(db: Database, key: dict, *, url: Any, events: Any, secret: Any = None
     if unknown:
         raise InvalidRequestError(f"Unknown event(s) {', '.join(unknown)}; expected: "
                                   f"{', '.join(EVENTS)}", param="events", code="invalid_events")
-    if secret is not None and (not isinstance(secret, str) or not secret):
-        raise InvalidRequestError("Invalid 'secret': expected a non-empty string",
-                                  param="secret", code="invalid_parameter")
+    if secret is not None and (not isinstance(secret, str) or not secret
+                               or len(secret) > MAX_SECRET_LENGTH):
+        raise InvalidRequestError(f"Invalid 'secret': expected a non-empty string of at most "
+                                  f"{MAX_SECRET_LENGTH} characters", param="secret",
+                                  code="invalid_parameter")
     w = webhooks_db.insert(db, {
         "id": new_id("wh"), "owner_key_id": key["id"], "all_keys": int(keys.is_admin(key)),
         "url": url, "events": list(dict.fromkeys(events)), "secret": secret or new_secret(),
@@ -222,26 +348,33 @@ def backoff(attempts: int, base: float = BACKOFF_BASE_S) -> float:
 
 
 class Deliverer:
-    """Sends due deliveries; run it as a task (`start`/`stop`) in the process that serves."""
+    """Sends due deliveries; run it as a task (`start`/`stop`) in the process that serves.
+    The task is supervised: an unexpected error is logged and the loop starts again after
+    RESTART_DELAY_S (a delivery's own errors only fail that attempt)."""
 
     def __init__(self, db: Database, *, backoff_base: float = BACKOFF_BASE_S,
-                 max_attempts: int = MAX_ATTEMPTS, idle_poll_s: float = 30.0):
+                 max_attempts: int = MAX_ATTEMPTS, idle_poll_s: float = 30.0,
+                 allow_private: bool = False):
         self.db = db
         self.backoff_base = backoff_base
         self.max_attempts = max_attempts
         self.idle_poll_s = idle_poll_s
+        self.allow_private = allow_private
+        self.restarts = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._waker: Callable[[], None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._waker = lambda: loop.call_soon_threadsafe(self._wake.set)
         with _wakers_lock:
             _wakers.add(self._waker)
-        self._task = asyncio.create_task(self._run(), name="webhook-deliverer")
+        self._task = asyncio.create_task(self._supervise(), name="webhook-deliverer")
 
     async def stop(self) -> None:
+        self._stopping = True
         with _wakers_lock:
             _wakers.discard(self._waker)
         if self._task:
@@ -249,9 +382,23 @@ class Deliverer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def _supervise(self) -> None:
+        while not self._stopping:
+            try:
+                await self._run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.restarts += 1
+                log.exception("the webhook deliverer stopped on an error; restarting in %.0f s",
+                              RESTART_DELAY_S)
+                await asyncio.sleep(RESTART_DELAY_S)
+
     async def _run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=SEND_TIMEOUT_S)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        connector = aiohttp.TCPConnector(resolver=PolicyResolver(self.allow_private),
+                                         limit=32)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             while True:
                 self._wake.clear()
                 due = webhooks_db.due(self.db, time.time())
@@ -264,20 +411,35 @@ class Deliverer:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
 
+    def _refusal(self, url: str) -> str | None:
+        """Why a stored URL may not be reached now (checked again at every attempt: the
+        settings may have changed since it was registered)."""
+        try:
+            check_url(url, allow_private=self.allow_private)
+        except InvalidRequestError as e:
+            return e.message.removeprefix("Invalid 'url': ")
+        return None
+
     async def _send(self, session: aiohttp.ClientSession, d: dict) -> None:
+        """One attempt: whatever goes wrong fails this attempt (recorded, retried later)."""
         body = d["payload"].encode()
         attempts = d["attempts"] + 1
         code: int | None = None
-        error: str | None = None
-        try:
-            async with session.post(d["url"], data=body,
-                                    headers=signed_headers(d["secret"], d["event_id"], body)) as r:
-                code = r.status
-                if not 200 <= r.status < 300:
-                    error = f"HTTP {r.status}"
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-            error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        error: str | None = self._refusal(d["url"])
+        if error is None:
+            try:
+                async with session.post(d["url"], data=body, allow_redirects=False,
+                                        headers=signed_headers(d["secret"], d["event_id"],
+                                                               body)) as r:
+                    code = r.status
+                    if not 200 <= r.status < 300:
+                        error = f"HTTP {r.status}"
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure is this attempt's
+                error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         now = time.time()
+        # a failure to record propagates: the supervisor restarts the loop after a pause
         if error is None:
             webhooks_db.record_attempt(self.db, d["id"], status="delivered", attempts=attempts,
                                        next_attempt_at=None, status_code=code, error=None,
@@ -289,4 +451,4 @@ class Deliverer:
         webhooks_db.record_attempt(
             self.db, d["id"], status="failed" if final else "pending", attempts=attempts,
             next_attempt_at=None if final else now + backoff(attempts, self.backoff_base),
-            status_code=code, error=error, delivered_at=None)
+            status_code=code, error=error[:500], delivered_at=None)

@@ -21,6 +21,7 @@ from llmp.server.auth import requires
 from llmp.server.middleware import read_json
 from llmp.server.state import API_KEY, DB, LIMITER, METRICS, POOL, REQUEST_ID
 from llmp.services import inference, usage
+from llmp.services.limits import Admission
 from llmp.services.models import model_version
 
 log = logging.getLogger("llmp.server")
@@ -54,23 +55,33 @@ async def _stream(request: web.Request, call: inference.Call) -> web.StreamRespo
         return resp
 
 
+def estimates(call: inference.Call, registered: dict | None) -> tuple[int, float, int | None]:
+    """What to reserve for a call: tokens (prompt + max_tokens capped at the context), the
+    cost of that many tokens, and the least it needs (its prompt) when max_tokens is unset."""
+    tokens = call.token_estimate
+    cost = usage.price(registered, call.prompt_tokens, tokens - call.prompt_tokens)
+    return tokens, cost, call.prompt_tokens if call.max_tokens is None else None
+
+
 async def _serve(request: web.Request, prepare: Prepare, endpoint: str) -> web.StreamResponse:
     app = request.app
     key, limiter, db = request[API_KEY], app[LIMITER], app[DB]
     t0 = time.perf_counter()
     call: inference.Call | None = None
     model: str | None = None
-    reserved = 0
+    admission: Admission | None = None
     status, error_type = 200, None
     try:
         body = await read_json(request)
         model = body.get("model") if isinstance(body.get("model"), str) else None
-        limiter.check_quota(key)
+        limiter.check_quota(key)  # a key over its quota is refused before any work
         registered = db_models.get(db, model) if model else None
         call = await prepare(app[POOL], body, request_id=request[REQUEST_ID],
                              model_version=model_version(registered) if registered else None)
         model = call.model
-        reserved = limiter.reserve_tokens(key, call.token_estimate)
+        call.check_context()
+        tokens, cost, least = estimates(call, registered)
+        admission = limiter.admit(key, tokens, cost=cost, min_tokens=least)
         if call.streaming:
             return await _stream(request, call)
         return web.json_response(await call.run())
@@ -85,17 +96,22 @@ async def _serve(request: web.Request, prepare: Prepare, endpoint: str) -> web.S
         raise
     finally:
         latency = time.perf_counter() - t0
-        prompt = call.prompt_tokens if call else 0
-        completion = call.completion_tokens_so_far if call else 0
-        if reserved:
-            limiter.settle_tokens(key, reserved, prompt + completion)
+        # bill only what was processed: a refusal costs nothing; a dropped stream pays for
+        # its prompt and what was generated before the drop (once its prompt was processed)
+        processed = call is not None and (status < 400 or (
+            status == CLIENT_CLOSED and (call.ttft is not None or call.generated > 0)))
+        prompt = call.prompt_tokens if processed and call else 0
+        completion = call.completion_tokens_so_far if processed and call else 0
         ttft = call.ttft if call else None
-        # stored, and counted against the key's quotas (the limiter listens to usage.record)
+        # counted against the key's quotas (the limiter listens to usage.record) in the same
+        # step as the admission's reservation is given back, then stored off the loop
         usage.record(db, key["id"], model, endpoint, prompt, completion, latency * 1000,
                      ttft * 1000 if ttft is not None else None, status,
                      error_type=error_type, request_id=request[REQUEST_ID],
-                     cached_tokens=call.usage.cached_tokens if call else 0)
-        if call is not None:
+                     cached_tokens=call.usage.cached_tokens if processed and call else 0)
+        if admission is not None:
+            limiter.settle_admission(admission, prompt + completion)
+        if call is not None and processed:
             app[METRICS].observe_inference(call.model, prompt, completion, latency, ttft)
 
 

@@ -10,7 +10,7 @@ from llmp.protocol.base import parse
 from llmp.protocol.resources import CreateWebhookRequest
 from llmp.server.auth import requires
 from llmp.server.middleware import int_param, read_json
-from llmp.server.state import API_KEY, DB
+from llmp.server.state import API_KEY, DB, SETTINGS
 from llmp.services import webhooks
 from llmp.services.webhooks import Deliverer
 
@@ -22,7 +22,7 @@ async def create(request: web.Request) -> web.Response:
     body = parse(CreateWebhookRequest, await read_json(request))
     return web.json_response(webhooks.create(
         request.app[DB], request[API_KEY], url=body.url, events=body.events,
-        secret=body.secret))
+        secret=body.secret, allow_private=request.app[SETTINGS].webhook_allow_private))
 
 
 @requires("webhooks")
@@ -56,7 +56,7 @@ async def test(request: web.Request) -> web.Response:
 
 
 async def _deliverer(app: web.Application) -> AsyncIterator[None]:
-    deliverer = Deliverer(app[DB])
+    deliverer = Deliverer(app[DB], allow_private=app[SETTINGS].webhook_allow_private)
     app[DELIVERER] = deliverer
     await deliverer.start()
     yield
