@@ -173,7 +173,7 @@ def test_home_files_are_private(server):
         assert stat.S_IMODE(os.stat(d).st_mode) == 0o700, d
     st, _, err = server.request("POST", "/v1/files", data=_multipart("y" * 300 + ".jsonl"),
                                 headers={"Content-Type": "multipart/form-data; boundary=XX"})
-    assert st == 400 and "filename" in err["error"]["message"], err
+    assert st == 200 and len(err["filename"]) <= 255  # a filename is capped
 
 
 def _multipart(filename: str) -> bytes:
