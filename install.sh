@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # Install llmp into the current Python (3.11+) environment.
 #   ./install.sh          the product
-#   ./install.sh --dev    the product and what the test suite needs
+#   ./install.sh --dev    the product and what the test suite needs (with the `finetune`
+#                         extra: torch, transformers, peft; `qlora` too on a CUDA build)
 # llama-cpp-python is built from source: with CUDA when `nvidia-smi -L` lists a GPU, for the
 # CPU otherwise (nvcc alone is not a GPU). Force either with LLMP_CUDA=1 or LLMP_CUDA=0.
 set -euo pipefail
 cd "$(dirname "$0")"
 py="${PYTHON:-python3}"
-extras=""
-[ "${1:-}" = "--dev" ] && extras="[dev]"
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
 cuda="${LLMP_CUDA:-auto}"
 if [ "$cuda" = auto ]; then
   cuda=0
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q "^GPU"; then cuda=1; fi
+fi
+extras=""
+if [ "$dev" = 1 ]; then
+  extras="[dev]"
+  [ "$cuda" = 1 ] && extras="[dev,qlora]"
 fi
 if [ "$cuda" = 1 ]; then
   echo "llmp: building llama.cpp with CUDA (set LLMP_CUDA=0 for a CPU build)"

@@ -1,4 +1,5 @@
-"""`llmp models ...`: pull, add, list, show, rm, alias, set-price, quantize, synth.
+"""`llmp models ...`: pull, add, convert, add-adapter, list, show, rm, alias, set-price,
+quantize, synth.
 
 These commands prepare a home before any server runs, so they work on the home directly
 (the registry in $LLMP_HOME/llmp.db), not through the server's API.
@@ -18,6 +19,7 @@ from llmp.cli.ui import JsonOpt, YesOpt, console, err_console, human_bytes, prin
 from llmp.config import load_settings
 from llmp.db import open_home
 from llmp.db import models as db_models
+from llmp.errors import InvalidRequestError
 from llmp.models import registry
 from llmp.models.quantize import BITS_PER_WEIGHT
 
@@ -117,6 +119,80 @@ def add(
     rec = registry.register(db, path.expanduser().resolve(), model_id=name, provider=provider,
                             hf_source=hf_source)
     _registered(rec, "Added")
+
+
+@app.command()
+def convert(
+    src: Annotated[str, typer.Argument(
+        help="A local Hugging Face model folder (config.json, *.safetensors, tokenizer) or a "
+             "hub repo id (OWNER/NAME).")],
+    outtype: Annotated[Literal["f32", "f16", "bf16", "q8_0"], typer.Option(
+        "--outtype", help="Weight type of the GGUF (norms stay F32).")] = "f16",
+    name: NameOpt = None,
+    revision: Annotated[Optional[str], typer.Option(
+        "--revision", help="Branch, tag or commit of a hub repo (default: main).")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Where to write the GGUF (default: the home's models/ folder).")
+    ] = None,
+) -> None:
+    """Convert a Hugging Face safetensors model (llama family, Mistral, qwen2, qwen3) to GGUF
+    and register it, with the source recorded for fine-tuning.
+
+    A hub repo is downloaded first into $LLMP_HOME/models/hf/ (resumable; honours HF_TOKEN
+    and HF_ENDPOINT). Tensors are converted one at a time, so memory stays bounded.
+    """
+    from llmp.models import convert as conv
+
+    settings, db = _open()
+    folder = Path(src).expanduser()
+    repo: str | None = None
+    revision_used: str | None = None
+    if not folder.exists() and conv.is_repo_id(src):
+        repo = src
+        owner, repo_name = src.split("/")
+        with _progress(*_BYTES) as update:
+            folder, revision_used = conv.fetch(
+                src, settings.models_dir / "hf" / owner / repo_name, revision=revision,
+                progress=lambda phase, done, total: update(phase, done, total or None))
+    elif not folder.is_dir():
+        raise InvalidRequestError(f"{src}: not a folder, nor a hub repo id (OWNER/NAME)")
+    cfg = conv.read_config(folder)  # refuses unsupported architectures before any work
+    model_id = registry.check_id(name or registry.slugify(f"{(repo or str(folder)).split('/')[-1]}"
+                                                           f":{outtype}"))
+    if db_models.get(db, model_id) is not None:
+        raise InvalidRequestError(f"model id {model_id!r} is already registered; choose another --name "
+                        f"or run `llmp models rm {model_id}` first")
+    out = (output or settings.models_dir / "converted"
+           / f"{model_id.replace(':', '-')}.gguf").expanduser()
+    with _progress(*_BYTES) as update:
+        conv.convert(folder, out, outtype=outtype, name=model_id, source=repo,
+                     progress=lambda done, total: update(f"converting {cfg.hf_arch}", done, total))
+    rec = registry.register(db, out.resolve(), model_id=model_id,
+                            source=f"hf:{repo}" if repo else f"convert:{folder.resolve()}",
+                            hf_source=repo or str(folder.resolve()), revision=revision_used)
+    _registered(rec, "Converted")
+
+
+@app.command("add-adapter")
+def add_adapter(
+    src: Annotated[Path, typer.Argument(
+        help="A PEFT LoRA folder (adapter_config.json + adapter_model.safetensors) or a GGUF "
+             "LoRA adapter.")],
+    base: Annotated[str, typer.Option("--base", help="The registered base model (id or alias).")],
+    name: NameOpt = None,
+    scale: Annotated[float, typer.Option(
+        "--scale", help="How strongly the adapter applies (1.0: as trained).")] = 1.0,
+) -> None:
+    """Register a LoRA adapter as a model of its own, served on its base model's engine.
+
+    A PEFT folder is converted to a GGUF adapter in $LLMP_HOME/adapters/. Refused, with
+    nothing registered: DoRA, LoRA on embeddings or lm_head, modules_to_save, LoRA biases,
+    and an adapter whose architecture or shapes do not match the base.
+    """
+    settings, db = _open()
+    rec = registry.register_adapter(db, settings, src, base, model_id=name, scale=scale)
+    console.print(f"Added adapter [bold]{rec['id']}[/bold] on {rec['parent']}: "
+                  f"{rec['description']}, scale {rec['lora_scale']:g}")
 
 
 @app.command("list")

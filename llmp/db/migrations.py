@@ -340,3 +340,12 @@ def m0050_api_keys_bootstrap(db: Database) -> None:
     # The bootstrap admin key (LLMP_ADMIN_KEY or $LLMP_HOME/admin_key) is marked, so that the
     # API can refuse to revoke it; `llmp serve` marks it at every start.
     db.execute("alter table api_keys add column bootstrap integer not null default 0")
+
+
+@MIGRATIONS(name="0080_model_adapters")
+def m0080_model_adapters(db: Database) -> None:
+    # LoRA adapters are models of their own: `parent` is the base model's id (NULL for a
+    # base), `lora_scale` the scale requests apply it with.
+    db["models"].add_column("parent", str)
+    db["models"].add_column("lora_scale", float)
+    db["models"].create_index(["parent"])

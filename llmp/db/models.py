@@ -60,6 +60,12 @@ def list_all(db: Database, *, category: str | None = None, size: str | None = No
     return [_decode(r) for r in db.query(sql, args)]
 
 
+def children(db: Database, model_id: str) -> list[str]:
+    """The ids of the adapters registered on a model."""
+    return [r["id"] for r in db.query("select id from models where parent = ? order by id",
+                                      [model_id])]
+
+
 def aliases(db: Database, model_id: str) -> list[str]:
     return [r["alias"] for r in db.query(
         "select alias from model_aliases where model_id = ? order by alias", [model_id])]

@@ -25,11 +25,22 @@ graph via `llama_set_sampler` + `llama_get_sampled_token_ith` -- much faster on 
 high concurrency. Context size semantics follow llama-server: `n_ctx` is the total, split
 evenly over the slots; a prompt that does not fit one slot is rejected, generation that
 fills it ends with `finish_reason="length"`.
+
+LoRA: adapters are loaded once per engine (`load_adapters`, run on the step thread between
+steps; the base model is not reloaded) and a request names its adapter set (`req.lora`).
+llama.cpp applies one set to a whole decode, so each step serves one *group* of slots (those
+with the same set) and `llama_set_adapters_lora` switches sets between steps. Groups take
+turns, least recently served first, each for `LORA_QUANTUM` steps while others wait (a
+switch costs a graph re-reservation; turns keep every group moving, none starves). With one
+group (a base-only workload) nothing changes. A slot's prefix cache is only reused by a job
+with the same adapter set: KV computed under another set is not the same.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import ctypes
 import heapq
 import itertools
 import threading
@@ -51,6 +62,9 @@ from llmp.errors import (ContextLengthExceededError, InvalidRequestError, LlmpEr
 
 CPU_DEFAULT_SLOTS = 8
 GPU_DEFAULT_SLOTS = 64
+LORA_QUANTUM = 4  # steps a group of slots with one adapter set runs before the next group's turn
+
+LoraSet = tuple[tuple[str, float], ...]  # (adapter GGUF path, scale) pairs; () is the base
 
 
 @dataclass(eq=False)
@@ -79,6 +93,10 @@ class _Job:
         was generated before a preemption."""
         return self.tokens + self.generated
 
+    @property
+    def lora(self) -> LoraSet:
+        return self.req.lora
+
     def send(self, item: Delta | BaseException) -> None:
         try:
             self.loop.call_soon_threadsafe(self.out.put_nowait, item)
@@ -94,6 +112,7 @@ class _Slot:
     todo: list[int] = field(default_factory=list)  # tokens still to prefill
     last: int | None = None  # sampled token, decoded in the next step
     out_idx: int = -1  # batch index of this slot's logits in the current step
+    lora: LoraSet = ()  # the adapter set its cached KV was computed with
 
 
 def _deliver(items: list[tuple[_Job, Delta]]) -> None:
@@ -170,6 +189,13 @@ class Engine:
         self.last_used = time.monotonic()
         self._counters = collections.Counter()
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        self._adapters: dict[str, Any] = {}  # GGUF path -> llama_adapter_lora pointer
+        self._calls: list[tuple[Any, concurrent.futures.Future]] = []  # run on the step thread
+        self._applied: LoraSet = ()  # the adapter set now set on the context
+        self._group: LoraSet | None = None  # the group of slots being served
+        self._group_left = 0  # steps left in its turn
+        self._served: dict[LoraSet, int] = {}  # group -> step number of its last turn
+        self._steps = 0
         self._thread = threading.Thread(target=self._run, name=f"llmp-engine-{model_id}", daemon=True)
         self._thread.start()
 
@@ -198,6 +224,58 @@ class Engine:
                     **template_kwargs: Any) -> ChatPrompt:
         return render_chat(self, messages, tools=tools, tool_choice=tool_choice,
                            response_format=response_format, **template_kwargs)
+
+    # ------------------------------------------------------------------ LoRA adapters
+    @property
+    def adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    async def load_adapters(self, paths: list[str]) -> None:
+        """Load the adapters not loaded yet (once each; the base model stays as it is).
+        Runs on the step thread between two steps: llama.cpp's adapter list is read while a
+        step builds its graph."""
+        todo = [p for p in dict.fromkeys(paths) if p not in self._adapters]
+        if todo:
+            await asyncio.wrap_future(self._call(lambda: [self._load_adapter(p) for p in todo]))
+
+    def _load_adapter(self, path: str) -> None:
+        if path in self._adapters:
+            return
+        ptr = L.llama_adapter_lora_init(self.model.ptr, path.encode())
+        if not ptr:
+            raise InvalidRequestError(f"llama.cpp could not load the LoRA adapter {path} on "
+                                      f"{self.model_id}", param="model", code="invalid_adapter")
+        self._adapters[path] = ptr
+        self._counters["adapters_loaded"] += 1
+
+    def _call(self, fn: Any) -> concurrent.futures.Future:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cv:
+            if self._stopping:
+                raise ServiceUnavailableError(f"model {self.model_id} is unloading; retry")
+            self._calls.append((fn, fut))
+            self._cv.notify()
+        return fut
+
+    def _run_calls(self) -> None:
+        with self._cv:
+            calls, self._calls = self._calls, []
+        for fn, fut in calls:
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                fut.set_exception(e)
+
+    def _apply(self, lora: LoraSet) -> None:
+        """Set the context's adapter set (llama.cpp re-reserves its graph on a change)."""
+        if lora == self._applied:
+            return
+        n = len(lora)
+        arr = (L.llama_adapter_lora_p_ctypes * max(1, n))(*[self._adapters[p] for p, _ in lora])
+        scales = (ctypes.c_float * max(1, n))(*[float(sc) for _, sc in lora])
+        L.llama_set_adapters_lora(self.ctx, arr if n else None, n, scales if n else None)
+        self._applied = lora
+        self._counters["adapter_switches"] += 1
 
     # ------------------------------------------------------------------ async API
     async def generate(self, req: GenerationRequest) -> AsyncIterator[Delta]:
@@ -252,6 +330,9 @@ class Engine:
                     f"for {self.model_id}", param=req.prompt_param, code="invalid_parameter")
         if not tokens:
             tokens = [L.llama_vocab_bos(self.model.vocab)] if self.model.add_bos else self.tokenize(" ")
+        missing = [p for p, _ in req.lora if p not in self._adapters]
+        if missing:
+            raise ServerError(f"LoRA adapter {missing[0]} is not loaded on {self.model_id}")
         if len(tokens) >= self.slot_ctx:
             raise ContextLengthExceededError(
                 f"This model's context per request is {self.slot_ctx} tokens; the prompt has "
@@ -310,6 +391,8 @@ class Engine:
             "cached_tokens_total": c["cached_tokens"],
             "generated_tokens_total": c["generated_tokens"],
             "preemptions_total": c["preemptions"],
+            "adapters_loaded": len(self._adapters),
+            "adapter_switches_total": c["adapter_switches"],
             "tokens_per_second": round(sum(window) / 10.0, 2),
             "backend_sampling": self.backend_sampling,
             "model_bytes": self.model.info.size_bytes,
@@ -328,6 +411,9 @@ class Engine:
             self._cv.notify()
         if self._thread is not threading.current_thread():
             self._thread.join()
+        for _, fut in self._calls:
+            fut.set_exception(ServiceUnavailableError(f"model {self.model_id} was unloaded"))
+        self._calls.clear()
         err = ServiceUnavailableError(f"model {self.model_id} was unloaded")
         for _, _, job in self._pending:
             job.send(err)
@@ -346,12 +432,16 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._stopping and not self._pending and all(
+                while not self._stopping and not self._pending and not self._calls and all(
                         s.job is None for s in self._slots):
                     self._cv.wait()
                 if self._stopping:
                     self._flush()
                     return
+                calls = bool(self._calls)
+            if calls:
+                self._run_calls()
+            with self._cv:
                 for s in self._slots:
                     if s.job is not None and s.job.cancelled:
                         self._release(s)
@@ -409,7 +499,10 @@ class Engine:
                 free = [victim]
             heapq.heappop(self._pending)
             tokens = job.context()
-            slot = max(free, key=lambda s: _common_prefix(s.cache, tokens))
+            # the longest cached prefix computed with the job's adapter set (another set's KV
+            # differs); among slots with none, one whose cache is worth least
+            slot = max(free, key=lambda s: (_common_prefix(s.cache, tokens) if s.lora == job.lora
+                                            else 0, -len(s.cache)))
             try:
                 self._start(slot, job, tokens)
             except Exception as e:
@@ -423,6 +516,9 @@ class Engine:
         have had uninterrupted (a recomputed KV can differ in the last bits: greedy output stays
         the same)."""
         keep = min(_common_prefix(slot.cache, tokens), len(tokens) - 1)
+        if slot.lora != job.lora:
+            keep = 0
+            slot.lora = job.lora
         if not L.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
             L.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
             keep = 0
@@ -485,7 +581,7 @@ class Engine:
             slot.cache.append(tok)
             n += 1
 
-        active = [s for s in self._slots if s.job is not None]
+        active = self._serve_group([s for s in self._slots if s.job is not None])
         for s in active:
             s.out_idx = -1
             if s.last is not None:
@@ -504,6 +600,8 @@ class Engine:
                 s.out_idx = n - 1
             budget -= len(chunk)
         b.n_tokens = n
+        if active[0].job.lora != self._applied:
+            self._apply(active[0].job.lora)
         # The previous step's deltas: sent now, the event loop does its work while
         # llama_decode runs without the GIL instead of contending for it with this thread.
         self._flush()
@@ -521,6 +619,23 @@ class Engine:
         self._recent.append((t, produced))
         while t - self._recent[0][0] > 10.0:
             self._recent.popleft()
+
+    def _serve_group(self, active: list[_Slot]) -> list[_Slot]:
+        """The slots this step serves: all of them when they share one adapter set (the
+        common case), else one group's, in turns (see the module docstring)."""
+        self._steps += 1
+        first = active[0].job.lora
+        if all(s.job.lora == first for s in active):
+            self._group = first
+            return active
+        groups = {s.job.lora for s in active}
+        if self._group not in groups or self._group_left <= 0:
+            others = [g for g in groups if g != self._group] or list(groups)
+            self._group = min(others, key=lambda g: self._served.get(g, -1))
+            self._group_left = LORA_QUANTUM
+        self._group_left -= 1
+        self._served[self._group] = self._steps
+        return [s for s in active if s.job.lora == self._group]
 
     def _sample(self, s: _Slot, now: float) -> None:
         job = s.job

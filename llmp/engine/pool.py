@@ -6,16 +6,21 @@ and returns its `Engine`. A reaper task unloads engines idle for longer than kee
 (`keep_alive < 0`: never). Loading beyond `max_loaded_models` first unloads the least
 recently used idle engine; when every loaded engine is busy the new one loads anyway and
 the reaper brings the count back down once they go idle.
+
+LoRA: a spec with `lora` (an adapter model) loads its base (`path`, pooled under the base's
+`id`) once, loads the adapters into that engine once each, and returns an `AdapterEngine`:
+the base engine seen under the adapter's id, its requests tagged with the adapter set.
 """
 from __future__ import annotations
 
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 from llmp.config import Settings
-from llmp.engine.engine import Engine
+from llmp.engine.engine import Engine, LoraSet
+from llmp.engine.types import Completion, Delta, GenerationRequest
 
 
 @dataclass
@@ -24,7 +29,32 @@ class ModelSpec:
     path: str
     n_ctx: int = 0  # total context over all slots (0: settings); split evenly per slot
     n_slots: int = 0  # 0: settings / sized from the device and free memory
-    lora: list[str] = field(default_factory=list)  # reserved: LoRA adapters (not applied yet)
+    # LoRA adapters (GGUF path, scale) for requests to `served_as`; `id`/`path` are the base's
+    lora: list[tuple[str, float]] = field(default_factory=list)
+    served_as: str | None = None  # the adapter model's id (None: the base model itself)
+
+
+class AdapterEngine:
+    """A base model's engine seen through a LoRA adapter set: `model_id` is the adapter
+    model's id and every request it runs carries the set; everything else is the base
+    engine's (tokenizer, chat template, stats)."""
+
+    def __init__(self, engine: Engine, model_id: str, lora: LoraSet):
+        self.engine = engine
+        self.model_id = model_id
+        self.lora = lora
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    async def generate(self, req: GenerationRequest) -> AsyncIterator[Delta]:
+        req.lora = self.lora
+        async for d in self.engine.generate(req):
+            yield d
+
+    async def complete(self, req: GenerationRequest) -> Completion:
+        req.lora = self.lora
+        return await self.engine.complete(req)
 
 
 class ModelPool:
@@ -46,12 +76,19 @@ class ModelPool:
         return list(self._engines)
 
     async def get(self, model_id: str) -> Engine:
-        """The engine for `model_id` (an alias resolves to its spec's id), loading it if needed."""
+        """The engine for `model_id` (an alias resolves to its spec's id), loading it if needed;
+        for an adapter model, its base's engine as an `AdapterEngine`."""
         eng = self._engines.get(model_id)
+        spec = None
         if eng is None:
             spec = self.resolve(model_id)  # raises NotFoundError for an unknown model
             eng = self._engines.get(spec.id) or await self._load(spec)
         eng.last_used = time.monotonic()
+        if spec is not None and spec.lora:
+            await eng.load_adapters([p for p, _ in spec.lora])
+            view: Any = AdapterEngine(eng, spec.served_as or spec.id,
+                                      tuple((p, float(sc)) for p, sc in spec.lora))
+            return view
         return eng
 
     async def _load(self, spec: ModelSpec) -> Engine:

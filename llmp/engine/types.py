@@ -44,6 +44,9 @@ class GenerationRequest:
     request_id: str = ""
     add_special: bool = False  # add BOS when the model wants one (raw completions)
     prompt_param: str = "prompt"  # the API parameter named in errors ("messages" for chat)
+    # LoRA adapters applied to this request: (GGUF path, scale) pairs, loaded in the engine
+    # (`Engine.load_adapters`); requests with different sets never share a decode step
+    lora: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass

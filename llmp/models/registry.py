@@ -13,6 +13,11 @@ Size classes by parameter count (`SIZE_CLASSES`): small < 4B <= medium < 16B <= 
 anything bigger xl.
 
 Every record keeps `hf_source`, the safetensors repo the model belongs to (for fine-tuning).
+
+LoRA adapters are models of their own (`register_adapter`): `path` is the adapter GGUF,
+`parent` the base model's id, `lora_scale` the scale it is applied with; their metadata
+(category, context, chat template, capabilities) is the base's. A request for an adapter runs
+on its base's engine with the adapter applied.
 """
 from __future__ import annotations
 
@@ -170,18 +175,26 @@ def list_models(db: Database, *, category: str | None = None, size: str | None =
 
 
 def owned_by_home(settings: Settings, path: Path | str) -> bool:
-    """Whether a model file lives in the home's models/ folder (llmp made it, so rm deletes it)."""
-    try:
-        Path(path).resolve().relative_to(settings.models_dir.resolve())
-        return True
-    except ValueError:
-        return False
+    """Whether a model file lives in the home's models/ or adapters/ folder (llmp made it,
+    so rm deletes it)."""
+    for folder in (settings.models_dir, settings.adapters_dir):
+        try:
+            Path(path).resolve().relative_to(folder.resolve())
+            return True
+        except ValueError:
+            pass
+    return False
 
 
 def remove(db: Database, settings: Settings, id_or_alias: str) -> tuple[dict, list[Path]]:
     """Unregister a model; delete its file(s) when they are under the home's models/ folder
     and no other model uses them. Returns the record and the deleted files."""
     rec = resolve(db, id_or_alias)
+    children = db_models.children(db, rec["id"])
+    if children:
+        raise InvalidRequestError(
+            f"{rec['id']} is the base of the adapter(s) {', '.join(children)}: remove them first "
+            f"(`llmp models rm {children[0]}`)", param="model", code="model_in_use")
     db_models.delete(db, rec["id"])
     path = Path(rec["path"])
     shared = any(Path(r["path"]) == path for r in db_models.list_all(db))
@@ -240,6 +253,73 @@ def resolve_path(settings: Settings, id_or_path: str, *, db: Database | None = N
     return register(db, path, model_id=model_id)
 
 
+def adapter_base(db: Database, id_or_alias: str) -> dict:
+    """The record of a model adapters can go on (not itself an adapter)."""
+    base = resolve(db, id_or_alias)
+    if base.get("parent"):
+        raise InvalidRequestError(f"{base['id']} is an adapter; give its base "
+                                  f"{base['parent']} as --base", param="base")
+    if base.get("category") == "embedding":
+        raise InvalidRequestError(f"{base['id']} is an embedding model: adapters go on "
+                                  "generative models", param="base")
+    return base
+
+
+def register_adapter(db: Database, settings: Settings, src: Path | str, base_id: str, *,
+                     model_id: str | None = None, scale: float = 1.0,
+                     source: str | None = None) -> dict:
+    """Register a LoRA adapter on the registered model `base_id` and return its record.
+
+    `src` is a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors), converted
+    into `$LLMP_HOME/adapters/<id>.gguf`, or a GGUF adapter (checked, left where it is).
+    Everything is checked before anything is registered (see `llmp.models.lora`)."""
+    from llmp.models import lora
+
+    src = Path(src).expanduser().resolve()
+    if not src.exists():
+        raise InvalidRequestError(f"{src}: no such file or folder", param="adapter")
+    base = adapter_base(db, base_id)
+    if not (-10.0 <= scale <= 10.0):
+        raise InvalidRequestError("--scale must be between -10 and 10", param="scale")
+    model_id = check_id(model_id or slugify(f"{base['id'].split(':')[0]}-{src.stem}"
+                                            if src.is_file() else src.name))
+    existing = db_models.get(db, model_id)
+    if existing is not None:
+        raise InvalidRequestError(f"model id {model_id!r} is already registered; choose another "
+                                  f"--name or run `llmp models rm {model_id}` first", param="name")
+    if src.is_dir():
+        out = settings.adapters_dir / f"{model_id.replace(':', '-')}.gguf"
+        path = lora.convert_peft_adapter(src, base["path"], out, name=model_id)
+        try:
+            info = lora.check_gguf_adapter(path, base["path"])
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        peft_cfg = lora.read_peft_config(src)
+        hf_source = peft_cfg.get("base_model_name_or_path")
+        source = source or f"peft:{src}"
+    else:
+        info = lora.check_gguf_adapter(src, base["path"])
+        path, hf_source = src, None
+        source = source or f"file:{src}"
+    stamp = now_iso()
+    record = {k: base.get(k) for k in ("provider", "category", "size_class", "architecture",
+                                        "context_length", "max_output_tokens", "chat_template",
+                                        "capabilities", "languages")}
+    size = path.stat().st_size
+    record.update(
+        id=model_id, name=info.name or model_id, path=str(path),
+        parameters=int(size // 4), quantization="F32", file_type=0,
+        description=f"LoRA adapter (rank {info.rank}, {info.n_tensors // 2} weights) "
+                    f"on {base['id']}",
+        size_bytes=size, sha256=gguf_meta.sha256_files([path]), source=source,
+        hf_source=base.get("hf_source") or hf_source, revision=None,
+        parent=base["id"], lora_scale=float(scale),
+        price_input=base.get("price_input") or 0.0, price_output=base.get("price_output") or 0.0,
+        currency=base.get("currency") or "USD", created_at=stamp, updated_at=stamp)
+    return db_models.upsert(db, record)
+
+
 def _epoch(iso: str | None) -> int:
     if not iso:
         return 0
@@ -253,11 +333,13 @@ def to_api(record: dict, *, detailed: bool = False, aliases: list[str] | None = 
     (`object: "model"`, `created`, `owned_by`) side by side, so both clients read it.
     `detailed` adds a `details` object (architecture, parameters, quantization, ...).
     """
+    parent = record.get("parent")
     out = {
         "id": record["id"],
         "object": "model",
         "created": _epoch(record.get("created_at")),
-        "owned_by": record.get("provider") or "local",
+        # an adapter is owned by its base model (as vLLM and OpenAI's fine-tunes show it)
+        "owned_by": parent or record.get("provider") or "local",
         "name": record.get("name") or record["id"],
         "provider": record.get("provider") or "local",
         "category": record.get("category"),
@@ -276,6 +358,9 @@ def to_api(record: dict, *, detailed: bool = False, aliases: list[str] | None = 
         "created_at": record.get("created_at"),
         "updated_at": record.get("updated_at"),
     }
+    if parent:
+        out["parent"] = parent
+        out["lora_scale"] = record.get("lora_scale") if record.get("lora_scale") is not None else 1.0
     if detailed:
         out["details"] = {
             "architecture": record.get("architecture"),

@@ -11,12 +11,29 @@ from llmp.models import registry
 MAX_PER_PAGE = 100
 
 
-def resolver(db) -> Callable[[str], ModelSpec]:
+def resolver(db, lora: dict[str, tuple[str, str, float]] | None = None
+             ) -> Callable[[str], ModelSpec]:
     """What the engine pool calls to turn a model id (or alias) into a file to load; raises
-    NotFoundError (404 model_not_found) for an unknown model."""
+    NotFoundError (404 model_not_found) for an unknown model.
+
+    An adapter model resolves to its base's file with the adapter attached (`ModelSpec.lora`);
+    `lora` adds adapters outside the registry (`llmp serve --lora`): name -> (base id, adapter
+    GGUF path, scale)."""
+    extra = dict(lora or {})
 
     def resolve(model_id: str) -> ModelSpec:
+        if model_id in extra:
+            base_id, path, scale = extra[model_id]
+            base = registry.resolve(db, base_id)
+            return ModelSpec(id=base["id"], path=base["path"], lora=[(path, scale)],
+                             served_as=model_id)
         m = registry.resolve(db, model_id)
+        if m.get("parent"):
+            base = registry.resolve(db, m["parent"])
+            scale = m.get("lora_scale")
+            return ModelSpec(id=base["id"], path=base["path"],
+                             lora=[(m["path"], 1.0 if scale is None else float(scale))],
+                             served_as=m["id"])
         return ModelSpec(id=m["id"], path=m["path"])
 
     return resolve
