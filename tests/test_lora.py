@@ -365,3 +365,48 @@ def test_removing_an_adapter_in_use(lora_server, hf):
         client.completions.create(model="a3", prompt="hi", max_tokens=2)
     assert e.value.body["code"] == "model_not_found"  # type: ignore[index]
     assert _complete(client, "a1", [5, 17]) and _complete(client, "tiny", [5, 17])
+
+
+def test_serve_lora_option(hf, ggufs, llmp_home):
+    """`llmp serve --lora NAME=PATH`: adapters outside the registry, on the --model base."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    import openai
+
+    env = {**os.environ, "LLMP_HOME": str(llmp_home), "LLMP_N_SLOTS": "2", "LLMP_SLOT_CTX": "256"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from llmp.cli.main import run; run()", "serve", "--port", "0",
+         "--model", str(ggufs["llama"]), "--lora", f"x={ggufs['llama-lora']}",
+         "--lora", f"y={hf['llama-lora2']}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    try:
+        lines, url, key = [], None, None
+        while url is None or key is None:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            assert line, "".join(lines)
+            lines.append(line)
+            if m := re.search(r"(http://127\.0\.0\.1:\d+)/v1", line):
+                url = m.group(1)
+            if m := re.search(r"(sk-\w{32,})", line):
+                key = m.group(1)
+        client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
+        models = {m.id: m for m in client.models.list()}
+        base = ggufs["llama"].stem
+        assert models["x"].owned_by == base and models["y"].model_extra["parent"] == base
+        assert client.models.retrieve("x").model_extra["parent"] == base
+        run = LlamaRun(ggufs["llama"], ggufs["llama-lora"])
+        try:
+            want = run.model.detokenize(run.greedy([5, 17, 100], 8))
+        finally:
+            run.close()
+        r = client.completions.create(model="x", prompt=[5, 17, 100], max_tokens=8,
+                                      temperature=0, extra_body={"ignore_eos": True})
+        assert r.model == "x" and r.choices[0].text == want
+        assert client.completions.create(model="y", prompt="Hello", max_tokens=4).model == "y"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)

@@ -8,6 +8,10 @@ cache helps) against:
             llama-cpp-python's own server does);
   url       optionally any OpenAI-compatible server (--url: a running llmp, llama-server...).
 and prints one table with the ratios llmp / baseline (and llmp / url).
+
+`--adapters K` measures LoRA serving instead: at each level the same number of streams run
+spread over K adapters (the model's registered adapters, else random ones of
+`--adapter-rank`) and on the base alone, in one engine, and the table shows the ratio.
 """
 from __future__ import annotations
 
@@ -69,14 +73,19 @@ def _prompts(engine: Engine, n_prompt: int, count: int, start: int) -> list[list
     return [[vocab[((start + i) * 7919) % len(vocab)]] + base[1:] for i in range(count)]
 
 
-async def _bench_engine(engine: Engine, prompts: list[list[int]], conc: int, gen: int) -> Run:
+async def _bench_engine(engine: Engine, prompts: list[list[int]], conc: int, gen: int,
+                        adapters: list[str] | None = None) -> Run:
+    """`conc` streams over `prompts`; with `adapters`, request i uses adapter i mod K."""
     run = Run()
     sem = asyncio.Semaphore(conc)
+    order = iter(range(len(prompts)))
 
     async def one(p: list[int]) -> None:
+        i = next(order)
+        lora = ((adapters[i % len(adapters)], 1.0),) if adapters else ()
         async with sem:
             c = await engine.complete(GenerationRequest(p, SamplingParams(
-                temperature=0, max_tokens=gen, ignore_eos=True)))
+                temperature=0, max_tokens=gen, ignore_eos=True), lora=lora))
             run.tokens += c.usage.completion_tokens
             run.ttfts.append(c.ttft or 0.0)
 
@@ -197,12 +206,38 @@ def _model_path(settings: Settings, model: str | None, preset: str | None) -> tu
     return spec.id, spec.path
 
 
+def _adapter_paths(settings: Settings, model_id: str, path: str, k: int, rank: int) -> list[str]:
+    """K adapters for the model: its registered ones first, then random ones (cached)."""
+    from llmp.db import open_home
+    from llmp.db import models as db_models
+    from llmp.models.lora import synth_adapter
+
+    out: list[str] = []
+    db = open_home(settings)
+    try:
+        for child in db_models.children(db, model_id)[:k]:
+            rec = db_models.get(db, child)
+            if rec is not None:
+                out.append(rec["path"])
+    finally:
+        db.close()
+    folder = settings.adapters_dir / "bench"
+    for i in range(len(out), k):
+        target = folder / f"{Path(path).stem}-r{rank}-{i}.gguf"
+        if not target.exists():
+            synth_adapter(path, target, rank=rank, seed=i)
+        out.append(str(target))
+    return out
+
+
 async def _main(settings: Settings, model_id: str, path: str, levels: list[int], n_prompt: int, gen: int,
                 requests: int, baseline: bool, url: str | None, url_model: str | None, api_key: str | None,
-                backend_sampling: bool | None) -> dict[str, dict[int, Run]]:
+                backend_sampling: bool | None, adapters: list[str] | None = None) -> dict[str, dict[int, Run]]:
     top = max(levels)
     engine = await asyncio.to_thread(Engine.load, model_id, path, settings.replace(
         n_slots=max(settings.n_slots, top), n_ctx=0, slot_ctx=n_prompt + gen + 8), backend_sampling=backend_sampling)
+    if adapters:
+        return await _main_adapters(engine, levels, n_prompt, gen, requests, adapters)
     results: dict[str, dict[int, Run]] = {"llmp": {}}
     try:
         base = _Baseline(path, 2 * (n_prompt + gen) + 256, settings.threads, engine.model.eog_tokens) if baseline else None
@@ -226,6 +261,27 @@ async def _main(settings: Settings, model_id: str, path: str, levels: list[int],
     return results
 
 
+async def _main_adapters(engine: Engine, levels: list[int], n_prompt: int, gen: int,
+                         requests: int, adapters: list[str]) -> dict[str, dict[int, Run]]:
+    """Each level twice in one engine: the streams on the base, then spread over the adapters."""
+    results: dict[str, dict[int, Run]] = {"base": {}, f"{len(adapters)} adapters": {}}
+    try:
+        await engine.load_adapters(adapters)
+        start = random.randrange(1 << 20)
+        warm = _prompts(engine, n_prompt, 2 * len(adapters), start)
+        start += len(warm)
+        await _bench_engine(engine, warm, len(warm), 4)
+        await _bench_engine(engine, warm, len(warm), 4, adapters)
+        for c in levels:
+            for name, ads in (("base", None), (f"{len(adapters)} adapters", adapters)):
+                prompts = _prompts(engine, n_prompt, max(c, requests or 4), start)
+                start += len(prompts)
+                results[name][c] = await _bench_engine(engine, prompts, c, gen, ads)
+    finally:
+        await asyncio.to_thread(engine.close)
+    return results
+
+
 def bench(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Registered model id/alias or a GGUF path.")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Synthesize a model of this preset (tiny, small, 1b, 8b).")] = None,
@@ -239,6 +295,11 @@ def bench(
     api_key: Annotated[Optional[str], typer.Option(envvar="LLMP_API_KEY", help="Bearer key for --url.")] = None,
     backend_sampling: Annotated[Optional[bool], typer.Option(
         "--backend-sampling/--cpu-sampling", help="Force sampling in the decode graph or on the CPU (default: GPU only).")] = None,
+    adapters: Annotated[int, typer.Option(
+        "--adapters", help="Measure LoRA serving: the streams spread over K adapters against "
+        "the same streams on the base alone.")] = 0,
+    adapter_rank: Annotated[int, typer.Option(
+        help="Rank of the random adapters made when the model has fewer than K.")] = 16,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Measure generated tokens/s and time to first token at several concurrency levels."""
@@ -250,8 +311,11 @@ def bench(
         raise InvalidRequestError("concurrency, prompt and gen tokens must be >= 1", param="concurrency")
     settings = load_settings()
     model_id, path = _model_path(settings, model, preset)
+    if adapters < 0 or adapter_rank < 1:
+        raise InvalidRequestError("--adapters and --adapter-rank must be positive", param="adapters")
+    paths = _adapter_paths(settings, model_id, path, adapters, adapter_rank) if adapters else None
     results = asyncio.run(_main(settings, model_id, path, levels, prompt_tokens, gen_tokens, requests,
-                                baseline, url, url_model, api_key, backend_sampling))
+                                baseline, url, url_model, api_key, backend_sampling, paths))
     if json_:
         console.print_json(data={"model": model_id, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
                                  "results": {n: {str(c): r.as_dict() for c, r in runs.items()}
@@ -262,17 +326,22 @@ def bench(
     for name in results:
         table.add_column(f"{name} tok/s", justify="right")
         table.add_column(f"{name} TTFT p50/p95 ms", justify="right")
-    others = [n for n in results if n != "llmp"]
+    first = next(iter(results))
+    others = [n for n in results if n != first]
     for n in others:
-        table.add_column(f"llmp/{n}", justify="right", style="bold")
+        table.add_column(f"{n}/{first}" if adapters else f"llmp/{n}", justify="right",
+                         style="bold")
     for c in levels:
         row = [str(c)]
         for name, runs in results.items():
             r = runs[c]
             row += [f"{r.tps:,.1f}", f"{r.ttft(0.5) * 1000:,.0f} / {r.ttft(0.95) * 1000:,.0f}"]
         for n in others:
-            o = results[n][c].tps
-            row.append(f"{results['llmp'][c].tps / o:.2f}x" if o else "-")
+            o, f = results[n][c].tps, results[first][c].tps
+            if adapters:
+                row.append(f"{o / f:.2f}" if f else "-")
+            else:
+                row.append(f"{f / o:.2f}x" if o else "-")
         table.add_row(*row)
     console.print(table)
 

@@ -17,6 +17,7 @@ from llmp.db import open_home
 from llmp.errors import ConfigError, LlmpError
 from llmp.models import registry
 from llmp.services import keys as keys_service
+from llmp.services import models as models_service
 
 OFFLINE_HINT = ("add a local model instead: `llmp models add PATH.gguf`, or make a synthetic one "
                 "for a try: `llmp models synth --preset tiny --output tiny.gguf && "
@@ -69,15 +70,18 @@ def _on_signal(stop: asyncio.Event) -> None:
     stop.set()
 
 
-async def _serve(settings, models: list[dict], new_admin_key: str | None) -> None:
+async def _serve(settings, models: list[dict], new_admin_key: str | None,
+                 adapters: dict[str, dict] | None = None) -> None:
     from llmp.server import runner as server_runner
     from llmp.server.app import create_app
     from llmp.server.state import DB, POOL
 
-    app = create_app(settings)
+    app = create_app(settings, adapters=adapters)
     runner, port = await server_runner.start(app, settings.host, settings.port)
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
     _banner(f"http://{host}:{port}", settings, models, app[DB], new_admin_key)
+    for a in (adapters or {}).values():
+        console.print(f"adapter: {a['id']} on {a['parent']} ({a['description']})")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -103,6 +107,9 @@ def serve(
         "--slots", help="Concurrent sequences per model (default: sized from memory).")] = None,
     ctx: Annotated[Optional[int], typer.Option(
         "--ctx", help="Context per slot in tokens.")] = None,
+    lora: Annotated[Optional[list[str]], typer.Option(
+        "--lora", help="NAME=PATH: serve a LoRA adapter (GGUF or PEFT folder) on the first "
+        "--model as model NAME, without registering it (repeatable).")] = None,
 ) -> None:
     """Start the OpenAI-compatible /v1 server with API keys, limits and usage.
 
@@ -115,6 +122,8 @@ def serve(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     db = open_home(settings)
     models = _ensure_models(settings, db, list(model or []))
+    adapters = models_service.serve_adapters(db, settings, list(lora or []),
+                                             models[0]["id"] if models else None)
     new_key = keys_service.ensure_admin(db, settings)
     db.close()
-    asyncio.run(_serve(settings, models, new_key))
+    asyncio.run(_serve(settings, models, new_key, adapters))

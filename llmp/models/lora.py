@@ -239,29 +239,67 @@ def convert_peft_adapter(src: Path | str, base: Path | str, out: Path | str | No
                         np.ascontiguousarray(b, np.float32)))
 
     out_path = Path(out).expanduser() if out else src / "adapter.gguf"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".part")
-    w = gguf.GGUFWriter(tmp, base_info.architecture)
+    extra = {}
+    if cfg.get("base_model_name_or_path"):
+        extra["llmp.adapter.base_model"] = str(cfg["base_model_name_or_path"])
+    return write_adapter(out_path, base_info.architecture, gguf_alpha, planned,
+                         name=name or src.name, extra=extra)
+
+
+def write_adapter(out: Path, architecture: str, alpha: float,
+                  pairs: list[tuple[str, np.ndarray, np.ndarray]], *, name: str,
+                  extra: dict[str, str] | None = None) -> Path:
+    """Write a GGUF LoRA adapter: `pairs` of (base tensor name, A (r, in), B (out, r)), float32.
+    Written under a temporary name, renamed when complete."""
+    import gguf
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    w = gguf.GGUFWriter(tmp, architecture)
     try:
         w.add_type(gguf.GGUFType.ADAPTER)
         w.add_string(gguf.Keys.Adapter.TYPE, "lora")
-        w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(gguf_alpha))
-        w.add_name(name or src.name)
-        if cfg.get("base_model_name_or_path"):
-            w.add_string("llmp.adapter.base_model", str(cfg["base_model_name_or_path"]))
-        for base_name, a, b in planned:
+        w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))  # FLOAT32, or llama.cpp aborts
+        w.add_name(name)
+        for key, value in (extra or {}).items():
+            w.add_string(key, value)
+        for base_name, a, b in pairs:
             w.add_tensor(base_name + ".lora_a", a)
             w.add_tensor(base_name + ".lora_b", b)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        os.replace(tmp, out_path)
+        os.replace(tmp, out)
     except BaseException:
         w.close()
         tmp.unlink(missing_ok=True)
         raise
-    return out_path
+    return out
+
+
+LORA_TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+def synth_adapter(base: Path | str, out: Path | str, *, rank: int = 16, seed: int = 0,
+                  targets: tuple[str, ...] = LORA_TARGETS) -> Path:
+    """A random LoRA adapter for the base GGUF (benchmarks: values do not change speed), on
+    every layer's `targets` weights; small B so the model stays sane."""
+    info = base_shape(base)
+    rng = np.random.default_rng(seed)
+    pairs: list[tuple[str, np.ndarray, np.ndarray]] = []
+    for name, shape in sorted(info.tensors.items()):
+        parts = name.split(".")
+        if len(parts) != 4 or parts[0] != "blk" or parts[2] not in targets or len(shape) != 2:
+            continue
+        n_out, n_in = shape
+        a = rng.standard_normal((rank, n_in), dtype=np.float32) / np.float32(np.sqrt(n_in))
+        b = rng.standard_normal((n_out, rank), dtype=np.float32) * np.float32(0.01)
+        pairs.append((name, a, b))
+    if not pairs:
+        raise AdapterError(f"{Path(base).name}: no weights to put an adapter on")
+    return write_adapter(Path(out), info.architecture, float(rank), pairs,
+                         name=f"synth-lora-r{rank}-s{seed}")
 
 
 @dataclass(frozen=True)

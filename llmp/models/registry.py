@@ -273,6 +273,15 @@ def register_adapter(db: Database, settings: Settings, src: Path | str, base_id:
     `src` is a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors), converted
     into `$LLMP_HOME/adapters/<id>.gguf`, or a GGUF adapter (checked, left where it is).
     Everything is checked before anything is registered (see `llmp.models.lora`)."""
+    return db_models.upsert(db, adapter_record(db, settings, src, base_id, model_id=model_id,
+                                               scale=scale, source=source))
+
+
+def adapter_record(db: Database, settings: Settings, src: Path | str, base_id: str, *,
+                   model_id: str | None = None, scale: float = 1.0, source: str | None = None,
+                   folder: Path | None = None) -> dict:
+    """The registry record of an adapter (see `register_adapter`), not stored: a PEFT folder is
+    converted into `folder` (default: the home's adapters/)."""
     from llmp.models import lora
 
     src = Path(src).expanduser().resolve()
@@ -288,7 +297,7 @@ def register_adapter(db: Database, settings: Settings, src: Path | str, base_id:
         raise InvalidRequestError(f"model id {model_id!r} is already registered; choose another "
                                   f"--name or run `llmp models rm {model_id}` first", param="name")
     if src.is_dir():
-        out = settings.adapters_dir / f"{model_id.replace(':', '-')}.gguf"
+        out = (folder or settings.adapters_dir) / f"{model_id.replace(':', '-')}.gguf"
         path = lora.convert_peft_adapter(src, base["path"], out, name=model_id)
         try:
             info = lora.check_gguf_adapter(path, base["path"])
@@ -317,7 +326,7 @@ def register_adapter(db: Database, settings: Settings, src: Path | str, base_id:
         parent=base["id"], lora_scale=float(scale),
         price_input=base.get("price_input") or 0.0, price_output=base.get("price_output") or 0.0,
         currency=base.get("currency") or "USD", created_at=stamp, updated_at=stamp)
-    return db_models.upsert(db, record)
+    return record
 
 
 def _epoch(iso: str | None) -> int:

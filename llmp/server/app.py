@@ -18,21 +18,24 @@ from llmp.db import writer as db_writer
 from llmp.engine.pool import ModelPool
 from llmp.server.metrics import Metrics
 from llmp.server.middleware import end_partial_bodies, on_prepare, request_context
-from llmp.server.state import (DB, IN_FLIGHT, LIMITER, METRICS, POOL, SETTINGS, SHUTDOWN,
-                               STARTED_AT, WRITER, Shutdown)
+from llmp.server.state import (ADAPTERS, DB, IN_FLIGHT, LIMITER, METRICS, POOL, SETTINGS,
+                               SHUTDOWN, STARTED_AT, WRITER, Shutdown)
 from llmp.services.limits import Limiter
 from llmp.services.models import resolver
 
 ROUTE_MODULES = ["health", "keys", "models", "inference", "usage", "files", "batches", "webhooks"]
 
-def create_app(settings: Settings, *, pool: ModelPool | None = None) -> web.Application:
-    """The /v1 app over the home in `settings`; a `pool` passed in is not closed by the app."""
-    app = web.Application(middlewares=[request_context], 
+def create_app(settings: Settings, *, pool: ModelPool | None = None,
+               adapters: dict[str, dict] | None = None) -> web.Application:
+    """The /v1 app over the home in `settings`; a `pool` passed in is not closed by the app.
+    `adapters`: LoRA adapter records served without being registered (`llmp serve --lora`)."""
+    app = web.Application(middlewares=[request_context],
                           client_max_size=settings.max_request_bytes)
     db = open_home(settings)
     app[SETTINGS] = settings
     app[DB] = db
-    app[POOL] = pool or ModelPool(settings, resolver(db))
+    app[ADAPTERS] = dict(adapters or {})
+    app[POOL] = pool or ModelPool(settings, resolver(db, app[ADAPTERS]))
     app[LIMITER] = Limiter(db)
     app[METRICS] = Metrics()
     app[STARTED_AT] = time.time()

@@ -30,6 +30,7 @@ STARTED_AT = web.AppKey("started_at", float)  # time.time() when the app was mad
 IN_FLIGHT = web.AppKey("in_flight", dict)  # the requests being handled, by id(request)
 SHUTDOWN = web.AppKey("shutdown", Shutdown)
 WRITER = web.AppKey("writer", Writer)  # the one database writer (off the event loop)
+ADAPTERS = web.AppKey("adapters", dict)  # `llmp serve --lora` adapters (not registered), by id
 
 # per-request storage
 REQUEST_ID = web.RequestKey("request_id", str)  # set by the middleware: req_...

@@ -11,23 +11,16 @@ from llmp.models import registry
 MAX_PER_PAGE = 100
 
 
-def resolver(db, lora: dict[str, tuple[str, str, float]] | None = None
-             ) -> Callable[[str], ModelSpec]:
+def resolver(db, extra: dict[str, dict] | None = None) -> Callable[[str], ModelSpec]:
     """What the engine pool calls to turn a model id (or alias) into a file to load; raises
     NotFoundError (404 model_not_found) for an unknown model.
 
-    An adapter model resolves to its base's file with the adapter attached (`ModelSpec.lora`);
-    `lora` adds adapters outside the registry (`llmp serve --lora`): name -> (base id, adapter
-    GGUF path, scale)."""
-    extra = dict(lora or {})
+    An adapter model resolves to its base's file with the adapter attached (`ModelSpec.lora`).
+    `extra`: adapter records outside the registry (`llmp serve --lora`), by id."""
+    extra = extra if extra is not None else {}
 
     def resolve(model_id: str) -> ModelSpec:
-        if model_id in extra:
-            base_id, path, scale = extra[model_id]
-            base = registry.resolve(db, base_id)
-            return ModelSpec(id=base["id"], path=base["path"], lora=[(path, scale)],
-                             served_as=model_id)
-        m = registry.resolve(db, model_id)
+        m = extra.get(model_id) or registry.resolve(db, model_id)
         if m.get("parent"):
             base = registry.resolve(db, m["parent"])
             scale = m.get("lora_scale")
@@ -39,14 +32,38 @@ def resolver(db, lora: dict[str, tuple[str, str, float]] | None = None
     return resolve
 
 
+def serve_adapters(db, settings, specs: list[str], base: str | None) -> dict[str, dict]:
+    """`llmp serve --lora NAME=PATH`: adapters served on `base` (the first --model) without
+    being registered; PATH is a GGUF adapter or a PEFT folder (converted into
+    adapters/serve/). Checked like `llmp models add-adapter`; returns their records by id."""
+    out: dict[str, dict] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise InvalidRequestError(f"--lora {spec!r}: use NAME=PATH", param="lora")
+        if base is None:
+            raise InvalidRequestError("--lora needs the base model: give it with --model",
+                                      param="lora")
+        registry.check_id(name)
+        if name in out or db_models.get(db, name) is not None:
+            raise InvalidRequestError(f"--lora {name}: the name is already a model id",
+                                      param="lora")
+        out[name] = registry.adapter_record(db, settings, path, base, model_id=name,
+                                            source=f"serve:{path}",
+                                            folder=settings.adapters_dir / "serve")
+    return out
+
+
 def model_version(m: dict) -> str:
     """The spec's `model_version`: `<id>-<YYYY-MM-DD>` of the model's registration."""
     stamp = (m.get("updated_at") or m.get("created_at") or "")[:10]
     return f"{m['id']}-{stamp}" if stamp else m["id"]
 
 
-def get(db, model_id: str) -> dict:
+def get(db, model_id: str, extra: dict[str, dict] | None = None) -> dict:
     """GET /v1/models/{id}: the model with its details (architecture, quantization, aliases)."""
+    if extra and model_id in extra:
+        return registry.to_api(extra[model_id], detailed=True)
     m = registry.resolve(db, model_id)
     return registry.to_api(m, detailed=True, aliases=db_models.aliases(db, m["id"]))
 
@@ -66,13 +83,20 @@ def _page_param(value: Any, name: str, default: int, hi: int | None = None) -> i
 
 
 def list_page(db, *, category: str | None = None, size: str | None = None,
-              provider: str | None = None, page: Any = None, per_page: Any = None) -> dict:
+              provider: str | None = None, page: Any = None, per_page: Any = None,
+              extra: dict[str, dict] | None = None) -> dict:
     """GET /v1/models: the spec's `{models, total, page, per_page}` and OpenAI's
     `{object: "list", data}` in one body (the same page of models under both keys), so the
     spec's clients and the official openai client both read it."""
     page_n = _page_param(page, "page", 1)
     per = _page_param(per_page, "per_page", 20, MAX_PER_PAGE)
     rows = registry.list_models(db, category=category, size=size, provider=provider)
+    if extra:  # serve-time adapters, filtered like the registry's rows
+        rows = sorted(rows + [r for r in extra.values()
+                              if (not category or r.get("category") == category)
+                              and (not size or r.get("size_class") == size)
+                              and (not provider or (r.get("provider") or "").lower()
+                                   == provider.lower())], key=lambda r: r["id"])
     items = [registry.to_api(m) for m in rows[(page_n - 1) * per: page_n * per]]
     return {"object": "list", "data": items, "models": items, "total": len(rows),
             "page": page_n, "per_page": per}

@@ -4,7 +4,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from llmp.server.auth import requires
-from llmp.server.state import DB
+from llmp.server.state import ADAPTERS, DB
 from llmp.services import models as models_service
 
 
@@ -13,12 +13,14 @@ async def list_models(request: web.Request) -> web.Response:
     q = request.query
     return web.json_response(models_service.list_page(
         request.app[DB], category=q.get("category"), size=q.get("size"),
-        provider=q.get("provider"), page=q.get("page"), per_page=q.get("per_page")))
+        provider=q.get("provider"), page=q.get("page"), per_page=q.get("per_page"),
+        extra=request.app[ADAPTERS]))
 
 
 @requires("models.read")
 async def get_model(request: web.Request) -> web.Response:
-    return web.json_response(models_service.get(request.app[DB], request.match_info["model_id"]))
+    return web.json_response(models_service.get(request.app[DB], request.match_info["model_id"],
+                                                request.app[ADAPTERS]))
 
 
 def setup(app: web.Application) -> None:
