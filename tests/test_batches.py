@@ -16,6 +16,8 @@ from collections import Counter
 import openai
 import pytest
 
+from llmp.services import keys as keys_service
+
 from schema_check import check
 
 CHAT = "/v1/chat/completions"
@@ -174,7 +176,7 @@ def test_expiry_with_a_short_window(server):
 
 
 def test_keys_see_only_their_own_batches(server):
-    perms = ["files.read", "files.write", "batches.read", "batches.write"]
+    perms = ["inference", "files.read", "files.write", "batches.read", "batches.write"]
     a = server.openai(server.make_key(perms, name="a"))
     b = server.openai(server.make_key(perms, name="b"))
     ba = submit(a, [line(0)])
@@ -250,6 +252,12 @@ def test_kill_9_mid_batch_resumes_exactly_once(tiny_model_path, tmp_path):
     rows = [json.loads(x) for x in (home / "files" / done.output_file_id).read_text().splitlines()]
     ids = Counter(r["custom_id"] for r in rows)
     assert len(ids) == n and set(ids.values()) == {1}
+    # a line's answer and its usage row are written in one transaction: one row per line
+    db = open_home(Settings(home=home))
+    usage_rows = list(db.query("select count(*) as n, count(distinct request_id) as d "
+                               "from usage where batch_id = ?", [b.id]))[0]
+    db.close()
+    assert usage_rows == {"n": n, "d": n}
 
 
 def test_cli_submit_validates_locally_then_waits_and_writes_results(server, cli, tmp_path,
@@ -293,3 +301,26 @@ def test_cli_submit_checks_the_output_folder_before_submitting(server, cli, tmp_
     assert r.exit_code == 2 and "no directory" in r.stderr
     assert r.stderr.strip().count("\n") == 0
     assert len(server.openai().files.list().data) == before  # nothing was uploaded
+
+
+def test_revoking_the_key_stops_the_batch(server):
+    """Revocation stops further lines: the batch ends failed with api_key_revoked, the lines
+    already answered are kept in its output file, the others are in the error file."""
+    perms = ["inference", "files.read", "files.write", "batches.read", "batches.write"]
+    secret = server.make_key(perms, name="revoked-mid-batch")
+    client = server.openai(secret)
+    n = 300
+    b = submit(client, [line(i, max_tokens=24) for i in range(n)])
+    admin = server.openai()
+    wait(admin, b.id, until=lambda x: x.request_counts.completed >= 1)
+    key_id = keys_service.authenticate(server.db, secret)["id"]
+    assert server.request("DELETE", f"/v1/auth/api-keys/{key_id}")[0] == 200
+    done = wait(admin, b.id)
+    assert done.status == "failed", done
+    assert done.errors.data[0].code == "api_key_revoked"
+    c = done.request_counts
+    assert 1 <= c.completed < n and c.completed + c.failed == n
+    out = admin.files.content(done.output_file_id).text.splitlines()
+    assert len(out) == c.completed
+    errs = [json.loads(x) for x in admin.files.content(done.error_file_id).text.splitlines()]
+    assert len(errs) == c.failed and "revoked" in errs[-1]["error"]["message"]

@@ -5,7 +5,7 @@ import io
 import json
 import time
 
-from llmp.server.state import WRITER
+from llmp.server.state import LIMITER, WRITER
 from llmp.services import keys as keys_service
 from llmp.services.limits import TIERS, Limiter
 
@@ -89,33 +89,84 @@ def test_quota_exceeded(server):
     assert st == 429 and "lower max_tokens" in body["error"]["message"]
 
 
-def test_batch_usage_counts_against_the_quota_as_it_happens(server, receiver):
+def test_batch_lines_are_requests_of_the_batch_key(server, receiver):
+    """Each line is admitted against the key's monthly quota as an HTTP request is: lines
+    that do not fit fail with quota_exceeded (in the error file) and the key never goes past
+    its quota; the first refusal emits usage.limit.reached."""
     rx = receiver()
     assert server.request("POST", "/v1/webhooks", json={
         "url": rx.url, "events": ["usage.limit.reached"]})[0] == 200
-    key = server.make_key(["inference", "files.write", "batches.write", "batches.read"],
-                          limits={"tokens_per_month": 60}, name="quota")
+    key = server.make_key(["inference", "files.read", "files.write", "batches.write",
+                           "batches.read"], limits={"tokens_per_month": 60}, name="quota")
     kid = keys_service.authenticate(server.db, key)["id"]
-    # one interactive request: the limiter now holds this month's counters of the key
     assert server.request("POST", "/v1/chat/completions", key=key, json=CHAT)[0] == 200
     lines = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-              "body": {**CHAT, "max_tokens": 8, "ignore_eos": True}} for i in range(4)]
+              "body": {**CHAT, "max_tokens": 8, "ignore_eos": True}} for i in range(6)]
     client = server.openai(key)
     f = client.files.create(file=("in.jsonl", io.BytesIO(
         b"".join(json.dumps(x).encode() + b"\n" for x in lines))), purpose="batch")
     batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
                                   completion_window="24h")
     deadline = time.monotonic() + 120
-    while client.batches.retrieve(batch.id).status != "completed":
+    while (done := client.batches.retrieve(batch.id)).status != "completed":
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    st, _, body = server.request("POST", "/v1/chat/completions", key=key, json=CHAT)
-    assert st == 429 and body["error"]["type"] == "quota_exceeded_error", body
+    assert done.request_counts.failed >= 1
+    errors = [json.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()]
+    assert {e["response"]["body"]["error"]["type"] for e in errors} == {"quota_exceeded_error"}
+    server.app[WRITER].flush()
+    report = server.request("GET", f"/v1/usage?key_id={kid}")[2]
+    assert report["total"]["tokens"] <= 60
     (_, raw), = rx.wait(1)
     event = json.loads(raw)
     assert event["type"] == "usage.limit.reached" and event["data"]["key_id"] == kid
     assert event["data"]["limit"] == "monthly token quota of 60"
-    assert event["data"]["usage"]["tokens"] >= 60
+
+
+def test_batch_without_inference_permission_runs_no_line(server):
+    key = server.make_key(["files.read", "files.write", "batches.write", "batches.read"],
+                          rate_limit={"requests_per_minute": 1000}, limits={"requests_per_month": 2},
+                          name="noinf")
+    client = server.openai(key)
+    lines = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": CHAT} for i in range(20)]
+    f = client.files.create(file=("in.jsonl", io.BytesIO(
+        b"".join(json.dumps(x).encode() + b"\n" for x in lines))), purpose="batch")
+    batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    deadline = time.monotonic() + 60
+    while (done := client.batches.retrieve(batch.id)).status not in ("completed", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert done.request_counts.completed == 0 and done.request_counts.failed == 20
+    errors = [json.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()]
+    assert {e["response"]["body"]["error"]["type"] for e in errors} == {"permission_error"}
+
+
+def test_rate_limits_pace_a_batch_instead_of_failing_lines(server):
+    """A key whose request bucket is empty: its lines wait for the bucket to refill (2 a
+    second at 120 RPM) instead of failing."""
+    key = server.make_key(["inference", "files.read", "files.write", "batches.write",
+                           "batches.read"], rate_limit={"requests_per_minute": 120,
+                                                        "tokens_per_minute": 100000},
+                          name="paced")
+    lim = server.app[LIMITER]
+    rec = keys_service.authenticate(server.db, key)
+    client = server.openai(key)
+    lines = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": CHAT} for i in range(4)]
+    f = client.files.create(file=("in.jsonl", io.BytesIO(
+        b"".join(json.dumps(x).encode() + b"\n" for x in lines))), purpose="batch")
+    while lim.state(rec).remaining_requests > 1:  # leave one: for the batch's creation
+        lim.take_request(rec)
+    batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    admin = server.openai()
+    deadline = time.monotonic() + 60
+    while (done := admin.batches.retrieve(batch.id)).status != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert done.request_counts.completed == 4 and done.request_counts.failed == 0
 
 
 def test_max_tokens_past_the_context_reserves_only_the_context(server):

@@ -141,6 +141,17 @@ def record_results(db: Database, results: Iterable[dict[str, Any]], *,
     return done
 
 
+def record_results_and_usage(db: Database, results: list[dict[str, Any]]) -> list[bool]:
+    """`record_results`, and each recorded line's usage row (`result["usage"]`), in one
+    transaction: a line's answer and its usage row are kept or lost together."""
+    from llmp.db import usage as db_usage
+
+    with _lock, db.atomic():
+        done = record_results(db, results)
+        db_usage.insert_rows(db, [r["usage"] for r, ok in zip(results, done) if ok])
+    return done
+
+
 def close_pending(db: Database, batch_id: str, *, status: str, error: dict, at: int) -> int:
     """Answer every still-pending line with `status` and the error `{code, message}`
     (expired or cancelled lines). Returns how many lines were closed."""

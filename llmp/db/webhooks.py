@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future
 from typing import Any, Iterable
 
 from sqlite_utils import Database
 
 from llmp.db import _lock
+from llmp.db import writer as db_writer
 from llmp.db.lists import owned_row, owner_filter, paginate
 
 
@@ -52,7 +54,17 @@ def subscribers(db: Database, event: str, *, key_id: str | None) -> list[dict]:
     return [w for w in map(_decode, rows) if event in w["events"]]
 
 
-def add_deliveries(db: Database, records: Iterable[dict[str, Any]]) -> None:
+def add_deliveries(db: Database, records: Iterable[dict[str, Any]]) -> Future | None:
+    """Store deliveries: through the process's writer when one runs (returns its Future,
+    done once they are committed), else at once (None)."""
+    writer = db_writer.writer_for(db)
+    if writer is not None:
+        return writer.submit(_add_deliveries, list(records))
+    _add_deliveries(db, records)
+    return None
+
+
+def _add_deliveries(db: Database, records: Iterable[dict[str, Any]]) -> None:
     with _lock, db.atomic():
         db["webhook_deliveries"].insert_all(records)
 

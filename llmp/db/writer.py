@@ -160,3 +160,12 @@ class Writer:
             self.commits += 1
         except Exception:
             log.exception("could not write %d usage rows", len(rows))
+
+
+async def write(db: Database, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`fn(db, *args, **kwargs)` through `db`'s writer when one is registered (awaited
+    without blocking the event loop), else at once on `db`."""
+    writer = writer_for(db)
+    if writer is None:
+        return fn(db, *args, **kwargs)
+    return await writer.run(fn, *args, **kwargs)

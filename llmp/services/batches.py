@@ -38,13 +38,19 @@ from typing import Any, Callable, Iterable, Iterator
 from sqlite_utils import Database
 
 from llmp.db import batches as batches_db
+from llmp.db import keys as db_keys
+from llmp.db import models as db_models
+from llmp.db.writer import write
 from llmp.engine.types import Priority
-from llmp.errors import InvalidRequestError, LlmpError, NotFoundError, ServiceUnavailableError
+from llmp.errors import (AuthenticationError, InvalidRequestError, LlmpError, NotFoundError,
+                         PermissionDeniedError, QuotaExceededError, RateLimitError,
+                         ServiceUnavailableError)
 from llmp.ids import new_id
 from llmp.protocol.base import parse, parse_json
 from llmp.protocol.resources import (BATCH_ENDPOINTS, ChatLineShape, CompletionLineShape,
                                      CreateBatchRequest)
 from llmp.services import inference
+from llmp.services import keys as keys_service
 from llmp.services import usage as usage_service
 from llmp.services import webhooks
 from llmp.services.files import FileStore, Upload
@@ -57,6 +63,14 @@ ENDPOINTS: dict[str, Callable[..., Any]] = {
     "/v1/chat/completions": inference.chat_completion,
     "/v1/completions": inference.completion,
 }
+# endpoint -> its two-step form (validate and tokenize, then run), so that a line is admitted
+# against its key's limits in between, as an HTTP request is
+PREPARE: dict[str, Callable[..., Any]] = {
+    "/v1/chat/completions": inference.prepare_chat,
+    "/v1/completions": inference.prepare_completion,
+}
+#: the longest a line waits for its key's rate limits before trying again (pacing)
+MAX_PACE_WAIT_S = 5.0
 MAX_LINES = 50_000
 MAX_REPORTED_ERRORS = 100  # validation stops collecting errors after this many
 MAX_WINDOW_S = 7 * 24 * 3600
@@ -308,6 +322,9 @@ class _Run:
     task: asyncio.Task
     lines: set[asyncio.Task] = field(default_factory=set)
     cancelled: bool = False
+    #: set when the batch's key was revoked or expired: no further line runs, and the batch
+    #: ends failed with this error {code, message}
+    stop_error: dict | None = None
 
 
 class BatchRunner:
@@ -315,8 +332,11 @@ class BatchRunner:
     resumes whatever a previous process left unfinished."""
 
     def __init__(self, db: Database, store: FileStore, pool: Any, *,
-                 known_model: Callable[[str], bool] | None = None, poll_s: float = 5.0):
+                 known_model: Callable[[str], bool] | None = None, poll_s: float = 5.0,
+                 limiter: Any = None):
         self.db = db
+        #: the server's Limiter: each line is a request of the batch's key (None: no limits)
+        self.limiter = limiter
         self.store = store
         self.pool = pool
         self.known_model = known_model or self._resolvable
@@ -338,7 +358,7 @@ class BatchRunner:
 
     async def start(self) -> None:
         self.store.sweep_partials()
-        crashed = batches_db.count_crashes(self.db)
+        crashed = await write(self.db, batches_db.count_crashes)
         if crashed:
             log.warning("%d batch line(s) were running when the server stopped unexpectedly; "
                         "each is retried once, then failed", crashed)
@@ -353,7 +373,7 @@ class BatchRunner:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        self._flush()
+        await self._flush()
         self._runs.clear()
 
     def wake(self) -> None:
@@ -390,23 +410,35 @@ class BatchRunner:
         if b["status"] == "validating":
             await self._validate(b)
             b = batches_db.get(self.db, batch_id)
+        stop_error = None
         if b["status"] == "in_progress":
             expired = await self._execute(b)
+            stop_error = self._runs[batch_id].stop_error if batch_id in self._runs else None
             now = int(time.time())
-            if expired:
-                batches_db.close_pending(self.db, batch_id, status="expired", at=now, error={
-                    "code": "batch_expired", "message": "This request could not be executed "
-                    "before the completion window expired."})
-            batches_db.transition(self.db, batch_id, "finalizing", allowed_from=("in_progress",),
-                                  at=now)
+            if stop_error is not None:  # the key was revoked or expired: the rest fails
+                await write(self.db, batches_db.close_pending, batch_id, status="failed", at=now,
+                            error={**stop_error, "message": stop_error["message"]
+                                   + " This request was not executed."})
+            elif expired:
+                await write(self.db, batches_db.close_pending, batch_id, status="expired", at=now,
+                            error={"code": "batch_expired", "message": "This request could not "
+                                   "be executed before the completion window expired."})
+            await write(self.db, batches_db.transition, batch_id, "finalizing",
+                        allowed_from=("in_progress",), at=now)
             b = batches_db.get(self.db, batch_id)
         if b["status"] == "cancelling":
-            batches_db.close_pending(self.db, batch_id, status="cancelled", at=int(time.time()),
-                                     error={"code": "batch_cancelled",
-                                            "message": "The batch was cancelled before this "
-                                            "request was executed."})
+            await write(self.db, batches_db.close_pending, batch_id, status="cancelled",
+                        at=int(time.time()), error={
+                            "code": "batch_cancelled", "message": "The batch was cancelled "
+                            "before this request was executed."})
             await self._finalize(b, "cancelled", ("cancelling",))
         elif b["status"] == "finalizing":
+            if stop_error is None:
+                stop_error = self._key_problem(b)
+            if stop_error is not None:
+                await self._finalize(b, "failed", ("finalizing",), errors=[
+                    {**stop_error, "param": None, "line": None}])
+                return
             to = "expired" if batches_db.counts(self.db, batch_id)["expired"] else "completed"
             await self._finalize(b, to, ("finalizing",))
 
@@ -421,9 +453,10 @@ class BatchRunner:
             v = Validation(errors=[_error("invalid_file", e.message, None, "input_file_id")])
         now = int(time.time())
         if v.ok:
-            batches_db.start(self.db, b["id"], v.lines, model=v.models[0], at=now)
-        elif batches_db.transition(self.db, b["id"], "failed", allowed_from=("validating",),
-                                   at=now, changes={"errors": json.dumps(v.errors)}):
+            await write(self.db, batches_db.start, b["id"], v.lines, model=v.models[0], at=now)
+        elif await write(self.db, batches_db.transition, b["id"], "failed",
+                         allowed_from=("validating",), at=now,
+                         changes={"errors": json.dumps(v.errors)}):
             self._emit(b["id"], "failed")
 
     async def _slots_for(self, model: str) -> asyncio.Semaphore:
@@ -448,6 +481,9 @@ class BatchRunner:
                         break
                     for r in rows:
                         after = r["line"]
+                        run.stop_error = self._key_problem(b)
+                        if run.stop_error is not None:
+                            break
                         body = json.loads(r["body"])
                         if r["crashes"] >= MAX_CRASHES:
                             self._done_line(b, r["line"], r["custom_id"], body, new_id("req"),
@@ -467,6 +503,8 @@ class BatchRunner:
                             self._run_line(b, r["line"], r["custom_id"], body, sem))
                         run.lines.add(t)
                         t.add_done_callback(run.lines.discard)
+                    if run.stop_error is not None:
+                        break
                 if run.lines:
                     await asyncio.wait(set(run.lines))
         except TimeoutError:
@@ -476,21 +514,44 @@ class BatchRunner:
                 t.cancel()
             if run.lines:
                 await asyncio.wait(set(run.lines))
-            self._flush()
+            await self._flush()
         return False
+
+    def _key_problem(self, b: dict) -> dict | None:
+        """Why the batch's key may run no further line (revoked, expired, deleted), as a
+        batch error {code, message}; None when it may."""
+        key = db_keys.by_id(self.db, b["owner_key_id"]) if b["owner_key_id"] else None
+        if key is None:
+            return None if not b["owner_key_id"] else {
+                "code": "invalid_api_key", "message": "The batch's API key no longer exists."}
+        st = keys_service.status(key)
+        if st == "active":
+            return None
+        return {"code": f"api_key_{st}",
+                "message": f"The batch's API key was {st}; the batch was stopped (the "
+                "requests already answered are kept)."}
 
     async def _run_line(self, b: dict, line: int, custom_id: str, body: dict,
                         slot: asyncio.Semaphore) -> None:
-        """Execute one request (holding one of the model's slots) and queue its result."""
+        """Execute one request (holding one of the model's slots) as a request of the batch's
+        key, and queue its result."""
         request_id = new_id("req")
         t0 = time.perf_counter()
         finished = False
+        call: inference.Call | None = None
+        admission = None
+        key: dict | None = None
         try:
-            batches_db.mark_in_flight(self.db, b["id"], line)
+            await write(self.db, batches_db.mark_in_flight, b["id"], line)
             while True:
                 try:
-                    resp = await ENDPOINTS[b["endpoint"]](self.pool, body, request_id=request_id,
-                                                          priority=Priority.BATCH)
+                    key = self._line_key(b)
+                    call = await PREPARE[b["endpoint"]](self.pool, body, request_id=request_id,
+                                                        priority=Priority.BATCH)
+                    call.check_context()
+                    if key is not None and self.limiter is not None and admission is None:
+                        admission = await self._admit(key, call)
+                    resp = await call.run()
                     status_code, payload = 200, resp
                     break
                 except ServiceUnavailableError:  # the engine's queue is full: interactive first
@@ -508,16 +569,67 @@ class BatchRunner:
         finally:
             slot.release()
             if not finished:  # stopped cleanly (shutdown, cancel): not a crash
-                batches_db.clear_in_flight(self.db, b["id"], [line])
+                if admission is not None:
+                    self.limiter.settle_admission(admission, 0)
+                await asyncio.shield(write(self.db, batches_db.clear_in_flight, b["id"], [line]))
         self._done_line(b, line, custom_id, body, request_id, status_code, payload,
-                        (time.perf_counter() - t0) * 1000)
+                        (time.perf_counter() - t0) * 1000, admission=admission)
+
+    def _line_key(self, b: dict) -> dict | None:
+        """The batch's key as it is now; a line needs its `inference` permission
+        (PermissionDeniedError otherwise: that line fails)."""
+        if not b["owner_key_id"]:
+            return None
+        key = db_keys.by_id(self.db, b["owner_key_id"])
+        if key is None or keys_service.status(key) != "active":
+            raise AuthenticationError("The batch's API key is no longer active",
+                                      code="invalid_api_key")
+        if not keys_service.has_permission(key, "inference"):
+            raise PermissionDeniedError("The batch's API key lacks the 'inference' permission: "
+                                        "each request of a batch is an inference request")
+        return key
+
+    async def _admit(self, key: dict, call: inference.Call) -> Any:
+        """Admit a line against its key's limits as an HTTP request is admitted: monthly
+        quotas refuse it (QuotaExceededError: the line fails), while the requests- and
+        tokens-per-minute limits pace it: it waits until the buckets have room."""
+        registered = db_models.get(self.db, call.model)
+        tokens = call.token_estimate
+        cost = usage_service.price(registered, call.prompt_tokens, tokens - call.prompt_tokens)
+        least = call.prompt_tokens if call.max_tokens is None else None
+        took_request = False
+        while True:
+            try:
+                if not took_request:
+                    self.limiter.take_request(key)
+                    took_request = True
+                return self.limiter.admit(key, tokens, cost=cost, min_tokens=least)
+            except QuotaExceededError:
+                raise
+            except RateLimitError as e:
+                retry = e.headers.get("Retry-After")
+                if retry is None:  # larger than the bucket: it can never run
+                    raise
+                await asyncio.sleep(min(MAX_PACE_WAIT_S, max(0.05, float(retry))))
 
     def _done_line(self, b: dict, line: int, custom_id: str, body: dict, request_id: str,
-                   status_code: int, payload: dict, latency_ms: float) -> None:
-        """Queue a finished line's result for the writer."""
+                   status_code: int, payload: dict, latency_ms: float, *,
+                   admission: Any = None) -> None:
+        """Queue a finished line's result, with its usage row, for the writer; count the row
+        against the key's quotas now, in the same step as its admission is settled (as an
+        HTTP request is)."""
         ok = status_code == 200
         u = (payload.get("usage") or {}) if ok else {}
+        prompt, completion = u.get("prompt_tokens", 0) or 0, u.get("completion_tokens", 0) or 0
+        row = usage_service.usage_row(
+            self.db, b["owner_key_id"], body.get("model"), b["endpoint"], prompt, completion,
+            latency_ms, None, status_code, error_type=None if ok else payload["error"]["type"],
+            request_id=request_id, batch_id=b["id"])
+        usage_service.notify(self.db, [row])
+        if admission is not None and self.limiter is not None:
+            self.limiter.settle_admission(admission, prompt + completion)
         self._results.append({
+            "usage": row,
             "batch_id": b["id"], "owner": b["owner_key_id"], "endpoint": b["endpoint"],
             "model": body.get("model"), "line": line, "status": "completed" if ok else "failed",
             "at": int(time.time()), "latency_ms": latency_ms, "status_code": status_code,
@@ -540,25 +652,19 @@ class BatchRunner:
                 await asyncio.wait_for(self._many_results.wait(), FLUSH_S)
             self._have_results.clear()
             self._many_results.clear()
-            self._flush()
+            await self._flush()
 
-    def _flush(self) -> None:
-        """Write every queued result and its usage row in one transaction. A result counts
-        once it is written: a line whose result was still queued when the process died is
-        pending again and runs again (so no line is lost or answered twice)."""
+    async def _flush(self) -> None:
+        """Write every queued result and its usage row in one transaction (off the event
+        loop, through the process's writer). A result counts once it is written: a line whose
+        result was still queued when the process died is pending again and runs again (so no
+        line is lost or answered twice, and no usage row is kept without its line)."""
         items, self._results = self._results, []
-        if not items:
-            return
-        recorded: list[dict] = []
-        batches_db.record_results(self.db, items, on_recorded=recorded.append)
-        # stored and counted against the owner's quotas as they happen, like HTTP requests
-        usage_service.record_many(self.db, [usage_service.usage_row(
-            self.db, r["owner"], r["model"], r["endpoint"], r["prompt_tokens"],
-            r["completion_tokens"], r["latency_ms"], None, r["status_code"],
-            error_type=r["error_type"], request_id=r["request_id"], batch_id=r["batch_id"])
-            for r in recorded])
+        if items:
+            await asyncio.shield(write(self.db, batches_db.record_results_and_usage, items))
 
-    async def _finalize(self, b: dict, to: str, allowed_from: tuple[str, ...]) -> None:
+    async def _finalize(self, b: dict, to: str, allowed_from: tuple[str, ...], *,
+                        errors: list[dict] | None = None) -> None:
         """Write the output and error files from the persisted lines, register them and move
         the batch to `to`, atomically (a crash before that leaves it to be finalized again)."""
         counts = batches_db.counts(self.db, b["id"])
@@ -570,9 +676,11 @@ class BatchRunner:
                 files[kind] = self.store.record(up, owner=b["owner_key_id"],
                                                 filename=f"{b['id']}_{kind}.jsonl",
                                                 purpose="batch_output")
-        changes = {f"{kind}_file_id": f["id"] for kind, f in files.items()}
-        if batches_db.finish(self.db, b["id"], to, allowed_from=allowed_from, at=int(time.time()),
-                             files=files.values(), changes=changes):
+        changes: dict[str, Any] = {f"{kind}_file_id": f["id"] for kind, f in files.items()}
+        if errors:
+            changes["errors"] = json.dumps(errors)
+        if await write(self.db, batches_db.finish, b["id"], to, allowed_from=allowed_from,
+                       at=int(time.time()), files=list(files.values()), changes=changes):
             self._emit(b["id"], to)
         else:
             for f in files.values():
@@ -606,3 +714,4 @@ class BatchRunner:
         row = batches_db.get(self.db, batch_id)
         webhooks.emit(self.db, TERMINAL_EVENTS[status], to_api(self.db, row),
                       key_id=row["owner_key_id"])
+

@@ -133,6 +133,7 @@ class Limiter:
         self._buckets: dict[str, tuple[tuple[int, int], Bucket, Bucket]] = {}
         self._months: dict[str, _Month] = {}
         self._keys: dict[str, dict] = {}  # the latest record seen of each key with a quota
+        self._notified: set[tuple[str, str, str]] = set()  # (key, month, limit) announced
         self._lock = threading.Lock()
         if db is not None:
             usage.on_recorded(db, self.settle)
@@ -208,19 +209,26 @@ class Limiter:
         reserves at most its size instead of refusing."""
         has_quota = any(v is not None for v in self.quota_of(key).values())
         tokens = max(0, int(tokens))
+        refused: tuple[str, str, _Month] | None = None
         with self._lock:
             now = self.clock()
             m = None
             if has_quota:
                 self._keys[key["id"]] = key
                 m = self._month(key["id"])[0]
-                self._check_quota(key, m, tokens, cost)
-            n = self._bucket_tokens(key, tokens, min_tokens, now)
-            if m is not None:
-                m.r_requests += 1
-                m.r_tokens += tokens
-                m.r_cost += cost
-            return Admission(key, n, m.start if m is not None else None, tokens, cost)
+                refusal = self._quota_refusal(key, m, tokens, cost)
+                if refusal is not None:
+                    refused = (*refusal, m)
+            if refused is None:  # reserved under the same lock as the check: atomic
+                n = self._bucket_tokens(key, tokens, min_tokens, now)
+                if m is not None:
+                    m.r_requests += 1
+                    m.r_tokens += tokens
+                    m.r_cost += cost
+                return Admission(key, n, m.start if m is not None else None, tokens, cost)
+        what, message, month = refused
+        self._limit_reached(key, what, month)
+        raise self._quota_error(message)
 
     def _bucket_tokens(self, key: dict, n: int, min_tokens: int | None, now: float) -> int:
         req, tok = self._pair(key, now)
@@ -307,29 +315,47 @@ class Limiter:
             f"{message}; it resets on {start.date().isoformat()}.",
             headers={"Retry-After": str(max(1, int(start.timestamp() - self.clock())))})
 
-    def _check_quota(self, key: dict, m: _Month, tokens: int, cost: float) -> None:
+    def _quota_refusal(self, key: dict, m: _Month, tokens: int,
+                       cost: float) -> tuple[str, str] | None:
+        """(the limit, the message) when a request reserving `tokens` and `cost` does not
+        fit in what the key has left this month; None when it does."""
         what = self._exceeded(key, m)
         if what:
-            raise self._quota_error(f"Quota exceeded: this key has used its {what}")
+            return what, f"Quota exceeded: this key has used its {what}"
         q = self.quota_of(key)
         limit = q["requests_per_month"]
         if limit is not None and m.requests + m.r_requests + 1 > limit:
-            raise self._quota_error(
-                f"Quota exceeded: this key's monthly request quota of {limit} is taken by "
-                f"{m.requests} requests made and {m.r_requests} in progress")
+            return (f"monthly request quota of {limit}",
+                    f"Quota exceeded: this key's monthly request quota of {limit} is taken by "
+                    f"{m.requests} requests made and {m.r_requests} in progress")
         limit = q["tokens_per_month"]
         if limit is not None and m.tokens + m.r_tokens + tokens > limit:
             left = max(0, limit - m.tokens - m.r_tokens)
-            raise self._quota_error(
-                f"Quota exceeded: this request may use up to {tokens} tokens (prompt + "
-                f"max_tokens) and this key has {left} of its monthly token quota of {limit} "
-                "left (lower max_tokens to fit)")
+            return (f"monthly token quota of {limit}",
+                    f"Quota exceeded: this request may use up to {tokens} tokens (prompt + "
+                    f"max_tokens) and this key has {left} of its monthly token quota of "
+                    f"{limit} left (lower max_tokens to fit)")
         limit = q["monthly_budget"]
         if limit is not None and m.cost + m.r_cost + cost > limit:
             left = max(0.0, limit - m.cost - m.r_cost)
-            raise self._quota_error(
-                f"Quota exceeded: this request may cost up to {cost:.6g} and this key has "
-                f"{left:.6g} of its monthly budget of {limit} left (lower max_tokens to fit)")
+            return (f"monthly budget of {limit}",
+                    f"Quota exceeded: this request may cost up to {cost:.6g} and this key has "
+                    f"{left:.6g} of its monthly budget of {limit} left (lower max_tokens to "
+                    "fit)")
+        return None
+
+    def _limit_reached(self, key: dict, what: str, m: _Month) -> None:
+        """Emit `usage.limit.reached` the first time this month a quota is reached or
+        refuses a request of the key (once per key, quota and month)."""
+        mark = (key["id"], m.start, what)
+        with self._lock:
+            if mark in self._notified:
+                return
+            self._notified.add(mark)
+            usage = {"requests": m.requests, "tokens": m.tokens, "cost": round(m.cost, 6)}
+        _emit(self.db, "usage.limit.reached", {
+            "key_id": key["id"], "limit": what, "period_start": m.start[:10],
+            "usage": usage, "limits": self.quota_of(key)})
 
     def check_quota(self, key: dict) -> None:
         """QuotaExceededError when the key has used up a monthly quota (no reservation)."""
@@ -337,8 +363,10 @@ class Limiter:
             return
         with self._lock:
             self._keys[key["id"]] = key
-            what = self._exceeded(key, self._month(key["id"])[0])
+            m = self._month(key["id"])[0]
+            what = self._exceeded(key, m)
         if what:
+            self._limit_reached(key, what, m)
             raise self._quota_error(f"Quota exceeded: this key has used its {what}")
 
     def settle(self, rows: list[dict]) -> None:
@@ -367,11 +395,7 @@ class Limiter:
                 m.cost += cost
                 after = self._exceeded(key, m)
             if after and not before:
-                _emit(self.db, "usage.limit.reached", {
-                    "key_id": key_id, "limit": after, "period_start": m.start[:10],
-                    "usage": {"requests": m.requests, "tokens": m.tokens,
-                              "cost": round(m.cost, 6)},
-                    "limits": self.quota_of(key)})
+                self._limit_reached(key, after, m)
 
 
 def _emit(db, event: str, data: dict) -> None:

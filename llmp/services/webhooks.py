@@ -47,6 +47,7 @@ from aiohttp.resolver import DefaultResolver
 from sqlite_utils import Database
 
 from llmp.db import webhooks as webhooks_db
+from llmp.db import writer as db_writer
 from llmp.errors import InvalidRequestError, NotFoundError
 from llmp.ids import new_id
 from llmp.services import keys
@@ -314,15 +315,24 @@ def _payload(event: str, data: dict) -> tuple[str, str]:
 def _enqueue(db: Database, endpoints: list[dict], event: str, data: dict) -> str:
     event_id, payload = _payload(event, data)
     now = time.time()
-    webhooks_db.add_deliveries(db, [{
+    if not endpoints:
+        return event_id
+    stored = webhooks_db.add_deliveries(db, [{
         "id": new_id("whd"), "webhook_id": w["id"], "event_id": event_id, "event": event,
         "payload": payload, "status": "pending", "attempts": 0, "next_attempt_at": now,
         "created_at": int(now)} for w in endpoints])
+    if stored is None:
+        _wake_all()
+    else:  # written off the loop: wake the deliverers once it is committed
+        stored.add_done_callback(lambda _: _wake_all())
+    return event_id
+
+
+def _wake_all() -> None:
     with _wakers_lock:
         wakers = list(_wakers)
     for wake in wakers:
         wake()
-    return event_id
 
 
 def emit(db: Database, event: str, data: dict, *, key_id: str | None = None) -> str:
@@ -441,14 +451,15 @@ class Deliverer:
         now = time.time()
         # a failure to record propagates: the supervisor restarts the loop after a pause
         if error is None:
-            webhooks_db.record_attempt(self.db, d["id"], status="delivered", attempts=attempts,
-                                       next_attempt_at=None, status_code=code, error=None,
-                                       delivered_at=int(now))
+            await db_writer.write(self.db, webhooks_db.record_attempt, d["id"],
+                                  status="delivered", attempts=attempts, next_attempt_at=None,
+                                  status_code=code, error=None, delivered_at=int(now))
             return
         final = attempts >= self.max_attempts
         log.info("webhook delivery %s to %s failed (attempt %d): %s", d["id"], d["url"],
                  attempts, error)
-        webhooks_db.record_attempt(
-            self.db, d["id"], status="failed" if final else "pending", attempts=attempts,
+        await db_writer.write(
+            self.db, webhooks_db.record_attempt, d["id"],
+            status="failed" if final else "pending", attempts=attempts,
             next_attempt_at=None if final else now + backoff(attempts, self.backoff_base),
             status_code=code, error=error[:500], delivered_at=None)
