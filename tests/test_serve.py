@@ -13,9 +13,11 @@ import urllib.error
 import urllib.request
 
 
-def _start_serve(model_path, home) -> tuple[subprocess.Popen, str, str, list[str]]:
+def _start_serve(model_path, home, *, slots: int = 2,
+                 slot_ctx: int = 256) -> tuple[subprocess.Popen, str, str, list[str]]:
     """`llmp serve --port 0` as a process; returns it, its URL, the admin key and the banner."""
-    env = {**os.environ, "LLMP_HOME": str(home), "LLMP_N_SLOTS": "2", "LLMP_SLOT_CTX": "256"}
+    env = {**os.environ, "LLMP_HOME": str(home), "LLMP_N_SLOTS": str(slots),
+           "LLMP_SLOT_CTX": str(slot_ctx), "LLMP_N_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", "from llmp.cli.main import run; run()", "serve",
                              "--port", "0", "--model", str(model_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
@@ -110,3 +112,52 @@ def test_second_signal_forces_the_stop(monkeypatch):
     assert stop.is_set() and exits == []
     serve_cmd._on_signal(stop)
     assert exits == [130]
+
+
+def test_sigterm_ends_open_streams_in_band_after_the_grace_period(tiny_model_path, llmp_home):
+    """16 streams open and a grace period of 1 s: every stream ends with either its last
+    chunk or an in-band server_shutting_down error, then `data: [DONE]`; the process exits
+    within grace + 5 s; new requests meanwhile get 503."""
+    import threading
+
+    (llmp_home).mkdir(parents=True, exist_ok=True)
+    (llmp_home / "llmp.toml").write_text("shutdown_grace = 1\n")
+    proc, url, key, _ = _start_serve(tiny_model_path, llmp_home, slots=16, slot_ctx=4096)
+    bodies: list[bytes] = [b""] * 16
+    started = threading.Barrier(17)
+
+    def stream(i: int) -> None:
+        body = json.dumps({"model": "tiny-f16", "stream": True, "max_tokens": 4000,
+                           "ignore_eos": True, "prompt": f"story {i}"}).encode()
+        req = urllib.request.Request(url + "/v1/completions", data=body, headers={
+            "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            bodies[i] = r.readline()
+            started.wait(60)
+            bodies[i] += r.read()
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(16)]
+    try:
+        for t in threads:
+            t.start()
+        started.wait(60)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(30)
+        out, _ = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert elapsed < 1 + 5, elapsed
+    cut = 0
+    for b in bodies:
+        events = [e for e in b.decode().split("\n\n") if e.strip()]
+        assert events[-1] == "data: [DONE]", events[-3:]
+        last = json.loads(events[-2].removeprefix("data: "))
+        if "error" in last:
+            cut += 1
+            assert last["error"]["code"] == "server_shutting_down"
+    assert cut >= 1  # 4000 tokens each do not fit in a 1 s grace
+    assert proc.returncode == 0 and "Traceback" not in out, out

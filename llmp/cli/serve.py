@@ -77,7 +77,9 @@ async def _serve(settings, models: list[dict], new_admin_key: str | None,
     from llmp.server.state import DB, POOL
 
     app = create_app(settings, adapters=adapters)
-    runner, port = await server_runner.start(app, settings.host, settings.port)
+    # the grace period is `graceful_stop`'s; aiohttp's own wait after it is short
+    runner, port = await server_runner.start(app, settings.host, settings.port,
+                                             shutdown_timeout=2.0)
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
     _banner(f"http://{host}:{port}", settings, models, app[DB], new_admin_key)
     for a in (adapters or {}).values():
@@ -90,10 +92,11 @@ async def _serve(settings, models: list[dict], new_admin_key: str | None,
     try:
         await stop.wait()
     finally:
-        err_console.print("Shutting down: finishing in-flight requests...")
+        err_console.print(f"Shutting down: finishing in-flight requests (up to "
+                          f"{settings.shutdown_grace:g} s)...")
         for t in preload:
             t.cancel()
-        await runner.cleanup()
+        await server_runner.graceful_stop(runner, app, settings.shutdown_grace)
         err_console.print("Stopped.")
 
 

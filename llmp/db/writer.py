@@ -100,6 +100,9 @@ class Writer:
         self._closed = True
         self._queue.put(None)
         self._thread.join(timeout)
+        if self._thread.is_alive():  # stuck on a lock held elsewhere: never close under it
+            log.warning("the database writer is still busy after %.0f s; leaving it", timeout)
+            return
         self.db.close()
 
     # -- the thread ---------------------------------------------------------------------------

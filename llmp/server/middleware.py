@@ -109,6 +109,10 @@ async def end_partial_bodies(app: web.Application) -> None:
     shutdown for a slow or stalled client (an upload cut this way leaves no file behind)."""
     for request in list(app[IN_FLIGHT].values()):
         if not request.content.is_eof():
+            # close the connection after the 503 instead of reading the rest of the body
+            # (aiohttp's lingering read would meet the exception set below and log it)
+            if hasattr(request.protocol, "_lingering_time"):
+                request.protocol._lingering_time = 0.0
             request.content.set_exception(ServiceUnavailableError(
                 "The server is shutting down; retry in a moment", code="server_shutting_down"))
 

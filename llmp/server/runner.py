@@ -1,7 +1,16 @@
 """Start the app on a TCP port (shared by `llmp serve` and the tests' `server` fixture)."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+
 from aiohttp import web
+
+from llmp.server.middleware import end_partial_bodies
+from llmp.server.state import IN_FLIGHT, SHUTDOWN
+
+log = logging.getLogger("llmp.server")
 
 #: seconds in-flight requests get to finish on shutdown
 SHUTDOWN_TIMEOUT = 30.0
@@ -21,3 +30,40 @@ async def start(app: web.Application, host: str, port: int, *,
     await site.start()
     bound = runner.addresses[0][1] if runner.addresses else port
     return runner, int(bound)
+
+
+#: seconds the handlers ended at the end of the grace period get to write their last event
+ABORT_WAIT_S = 3.0
+
+
+async def graceful_stop(runner: web.AppRunner, app: web.Application, grace: float) -> None:
+    """Stop serving within `grace` + a few seconds:
+
+    1. stop admitting: new requests get 503 `server_shutting_down` (bodies still arriving
+       too, at once); /health answers 503 "stopping";
+    2. let the requests in flight, streams included, finish for up to `grace` seconds;
+    3. then end every open stream with an in-band error event and `data: [DONE]` (a request
+       that has not started its answer gets the 503), wait up to ABORT_WAIT_S for them;
+    4. close the connections and run the app's cleanup (batch runner: unfinished lines stay
+       pending and resume on the next start; the database writer writes what is queued)."""
+    state = app[SHUTDOWN]
+    state.draining = True
+    await end_partial_bodies(app)
+    in_flight = app[IN_FLIGHT]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(0.0, grace)
+    while in_flight and loop.time() < deadline:
+        state.idle.clear()
+        if not in_flight:
+            break
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(state.idle.wait(), deadline - loop.time())
+    if in_flight:
+        log.warning("grace period over: ending %d open request(s)", len(in_flight))
+        state.aborting = True
+        tasks = [t for r in list(in_flight.values()) if (t := r.task) is not None and not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=ABORT_WAIT_S)
+    await runner.cleanup()

@@ -6,17 +6,19 @@ import time
 from aiohttp import web
 
 from llmp import __version__
-from llmp.server.state import METRICS, POOL, STARTED_AT
+from llmp.server.state import METRICS, POOL, SHUTDOWN, STARTED_AT
 
 
 async def health(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     models = pool.status()
     loading = pool.loading
-    body = {"status": "loading" if loading else "ok", "version": __version__,
+    stopping = request.app[SHUTDOWN].draining
+    body = {"status": "stopping" if stopping else "loading" if loading else "ok",
+            "version": __version__,
             "uptime_s": round(time.time() - request.app[STARTED_AT], 1),
             "loading": loading, "models": models}
-    return web.json_response(body, status=503 if loading else 200)
+    return web.json_response(body, status=503 if loading or stopping else 200)
 
 
 async def metrics(request: web.Request) -> web.Response:

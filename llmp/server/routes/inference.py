@@ -15,11 +15,11 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from llmp.db import models as db_models
-from llmp.errors import LlmpError, ServerError
+from llmp.errors import LlmpError, ServerError, ServiceUnavailableError
 from llmp.server import sse
 from llmp.server.auth import requires
 from llmp.server.middleware import read_json
-from llmp.server.state import API_KEY, DB, LIMITER, METRICS, POOL, REQUEST_ID
+from llmp.server.state import API_KEY, DB, LIMITER, METRICS, POOL, REQUEST_ID, SHUTDOWN
 from llmp.services import inference, usage
 from llmp.services.limits import Admission
 from llmp.services.models import model_version
@@ -42,7 +42,16 @@ async def _stream(request: web.Request, call: inference.Call) -> web.StreamRespo
             await sse.send_json(resp, first)
             async for chunk in chunks:
                 await sse.send_json(resp, chunk)
-        except (ConnectionError, asyncio.CancelledError):
+        except asyncio.CancelledError:
+            if not _shutting_down(request):
+                raise
+            # the grace period is over: end the stream in-band, as OpenAI reports errors
+            # after the headers, so the client knows it was cut (and not finished)
+            await sse.send(resp, {"error": ServiceUnavailableError(
+                "The server is shutting down; this response was cut short. Retry in a "
+                "moment.", code="server_shutting_down").to_dict(),
+                "request_id": request[REQUEST_ID]})
+        except ConnectionError:
             raise
         except LlmpError as e:  # after the headers: report in-band, as OpenAI does
             await sse.send(resp, {"error": e.to_dict(), "request_id": request[REQUEST_ID]})
@@ -53,6 +62,17 @@ async def _stream(request: web.Request, call: inference.Call) -> web.StreamRespo
                                   "request_id": request[REQUEST_ID]})
         await sse.done(resp)
         return resp
+
+
+def _shutting_down(request: web.Request) -> bool:
+    """True when the handler was cancelled by `graceful_stop` at the end of the grace period
+    (not by its client going away): the cancellation is then taken back, so the handler can
+    still answer."""
+    task = asyncio.current_task()
+    if request.app[SHUTDOWN].aborting and task is not None:
+        task.uncancel()
+        return True
+    return False
 
 
 def estimates(call: inference.Call, registered: dict | None) -> tuple[int, float, int | None]:
@@ -88,7 +108,14 @@ async def _serve(request: web.Request, prepare: Prepare, endpoint: str) -> web.S
     except LlmpError as e:
         status, error_type = e.status, e.type
         raise
-    except (ConnectionError, asyncio.CancelledError):
+    except asyncio.CancelledError:
+        if _shutting_down(request):  # not answered yet when the grace period ended
+            status, error_type = 503, ServiceUnavailableError.type
+            raise ServiceUnavailableError("The server is shutting down; retry in a moment",
+                                          code="server_shutting_down") from None
+        status, error_type = CLIENT_CLOSED, "client_closed"
+        raise
+    except ConnectionError:
         status, error_type = CLIENT_CLOSED, "client_closed"
         raise
     except Exception:
