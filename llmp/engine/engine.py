@@ -30,8 +30,10 @@ LoRA: adapters are loaded once per engine (`load_adapters`, run on the step thre
 steps; the base model is not reloaded) and a request names its adapter set (`req.lora`).
 llama.cpp applies one set to a whole decode, so each step serves one *group* of slots (those
 with the same set) and `llama_set_adapters_lora` switches sets between steps. Groups take
-turns, least recently served first, each for `LORA_QUANTUM` steps while others wait (a
-switch costs a graph re-reservation; turns keep every group moving, none starves). With one
+turns, least recently served first, each for a quantum of steps while the others wait: a
+switch costs llama.cpp a graph re-reservation, so the quantum is sized from measurements
+(`_quantum`: switching takes at most ~10% of a turn, between LORA_QUANTUM_MIN and _MAX
+steps). Turns keep every group moving; none starves. With one
 group (a base-only workload) nothing changes. A slot's prefix cache is only reused by a job
 with the same adapter set: KV computed under another set is not the same.
 """
@@ -62,7 +64,10 @@ from llmp.errors import (ContextLengthExceededError, InvalidRequestError, LlmpEr
 
 CPU_DEFAULT_SLOTS = 8
 GPU_DEFAULT_SLOTS = 64
-LORA_QUANTUM = 4  # steps a group of slots with one adapter set runs before the next group's turn
+# steps a group of slots with one adapter set runs before the next group's turn (see `_quantum`)
+LORA_QUANTUM_MIN = 4
+LORA_QUANTUM_MAX = 32
+LORA_SWITCH_SHARE = 0.1  # the share of a turn that switching adapter sets may take
 
 LoraSet = tuple[tuple[str, float], ...]  # (adapter GGUF path, scale) pairs; () is the base
 
@@ -194,6 +199,8 @@ class Engine:
         self._applied: LoraSet = ()  # the adapter set now set on the context
         self._group: LoraSet | None = None  # the group of slots being served
         self._group_left = 0  # steps left in its turn
+        self._step_s = 0.0  # moving averages: a step's decode time, and what a switch adds
+        self._switch_s = 0.0
         self._served: dict[LoraSet, int] = {}  # group -> step number of its last turn
         self._steps = 0
         self._thread = threading.Thread(target=self._run, name=f"llmp-engine-{model_id}", daemon=True)
@@ -393,6 +400,7 @@ class Engine:
             "preemptions_total": c["preemptions"],
             "adapters_loaded": len(self._adapters),
             "adapter_switches_total": c["adapter_switches"],
+            "adapter_quantum_steps": self._quantum(),
             "tokens_per_second": round(sum(window) / 10.0, 2),
             "backend_sampling": self.backend_sampling,
             "model_bytes": self.model.info.size_bytes,
@@ -600,15 +608,22 @@ class Engine:
                 s.out_idx = n - 1
             budget -= len(chunk)
         b.n_tokens = n
-        if active[0].job.lora != self._applied:
+        switched = active[0].job.lora != self._applied
+        if switched:
             self._apply(active[0].job.lora)
         # The previous step's deltas: sent now, the event loop does its work while
         # llama_decode runs without the GIL instead of contending for it with this thread.
         self._flush()
+        t0 = time.perf_counter()
         rc = L.llama_decode(self.ctx, b)
         if rc != 0:
             raise ServerError(f"llama_decode failed ({rc}): the KV cache is full or the batch is invalid")
         now = time.perf_counter()
+        if switched:
+            extra = max(0.0, now - t0 - self._step_s)
+            self._switch_s = extra if not self._switch_s else 0.8 * self._switch_s + 0.2 * extra
+        elif len(self._served) > 1:  # only measured while adapter groups take turns
+            self._step_s = now - t0 if not self._step_s else 0.9 * self._step_s + 0.1 * (now - t0)
         produced = 0
         for s in active:
             if s.out_idx >= 0 and s.job is not None:
@@ -632,10 +647,17 @@ class Engine:
         if self._group not in groups or self._group_left <= 0:
             others = [g for g in groups if g != self._group] or list(groups)
             self._group = min(others, key=lambda g: self._served.get(g, -1))
-            self._group_left = LORA_QUANTUM
+            self._group_left = self._quantum()
         self._group_left -= 1
         self._served[self._group] = self._steps
         return [s for s in active if s.job.lora == self._group]
+
+    def _quantum(self) -> int:
+        """Steps per turn: enough that switching costs at most LORA_SWITCH_SHARE of a turn."""
+        if not self._step_s or not self._switch_s:
+            return LORA_QUANTUM_MIN
+        want = self._switch_s / (LORA_SWITCH_SHARE * self._step_s)
+        return int(min(LORA_QUANTUM_MAX, max(LORA_QUANTUM_MIN, -(-want // 1))))
 
     def _sample(self, s: _Slot, now: float) -> None:
         job = s.job
