@@ -13,6 +13,7 @@ from pydantic import Field, StrictBool, StrictStr, field_validator, model_valida
 
 from llmp.engine.types import SamplingParams
 from llmp.protocol.base import OpenModel, RequestModel, number
+from llmp.protocol.endpoints import endpoint
 
 MAX_N = 16
 MAX_STOP = 16
@@ -247,6 +248,7 @@ def raise_param(param: str, message: str) -> None:
 
 
 # ----------------------------------------------------------------------------- chat
+@endpoint("POST /v1/chat/completions", summary="Create a chat completion", streams=True)
 class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[Message], Field(min_length=1)]
     max_tokens: number(1, None, integer=True) | None = None  # type: ignore[valid-type]
@@ -316,6 +318,7 @@ class ChatCompletionRequest(SamplingFields):
 TokenIds = Annotated[list[Annotated[int, Field(strict=True)]], Field(min_length=1)]
 
 
+@endpoint("POST /v1/completions", summary="Create a text completion", streams=True)
 class CompletionRequest(SamplingFields):
     prompt: Union[StrictStr, Annotated[list[StrictStr], Field(min_length=1)], TokenIds,
                   Annotated[list[TokenIds], Field(min_length=1)]]

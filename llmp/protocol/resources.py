@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StrictStr, WithJsonSchema, field_validator
 
 from llmp.protocol.base import RequestModel, number
+from llmp.protocol.endpoints import endpoint
 
 #: the largest count a key limit may have: exact as a float, far above any real limit
 MAX_COUNT = 2 ** 53
@@ -36,6 +37,7 @@ class KeyLimits(RequestModel):
     tokens_per_month: Count | None = None  # type: ignore[valid-type]
 
 
+@endpoint("POST /v1/auth/api-keys", summary="Create an API key (admin)")
 class CreateKeyRequest(RequestModel):
     """POST /v1/auth/api-keys"""
 
@@ -67,6 +69,7 @@ Metadata = Annotated[dict[Annotated[StrictStr, Field(max_length=64)],
                           Annotated[StrictStr, Field(max_length=512)]], Field(max_length=16)]
 
 
+@endpoint("POST /v1/batches", summary="Create a batch")
 class CreateBatchRequest(RequestModel):
     """POST /v1/batches"""
 
@@ -108,6 +111,7 @@ class CompletionLineShape(_LineBody):
     prompt: StrictStr | Annotated[list, Field(min_length=1)]
 
 
+@endpoint("POST /v1/webhooks", summary="Create a webhook endpoint")
 class CreateWebhookRequest(RequestModel):
     """POST /v1/webhooks"""
 
@@ -116,12 +120,15 @@ class CreateWebhookRequest(RequestModel):
     secret: Annotated[StrictStr, Field(min_length=1, max_length=1024)] | None = None
 
 
+@endpoint("POST /v1/files", where="form", files=("file",), summary="Upload a file")
 class UploadForm(RequestModel):
     """POST /v1/files (multipart/form-data; `file` is the binary part)."""
 
     purpose: StrictStr
 
 
+@endpoint("GET /v1/files", "GET /v1/batches", "GET /v1/webhooks/{webhook_id}/deliveries",
+          where="query")
 class ListQuery(RequestModel):
     """?after=&limit=&order= of the list endpoints."""
 
@@ -130,6 +137,7 @@ class ListQuery(RequestModel):
     order: Literal["asc", "desc"] | None = None
 
 
+@endpoint("GET /v1/usage", where="query", summary="Usage report")
 class UsageQuery(RequestModel):
     """GET /v1/usage"""
 

@@ -23,7 +23,7 @@ from llmp.server.state import (ADAPTERS, DB, IN_FLIGHT, LIMITER, METRICS, POOL, 
 from llmp.services.limits import Limiter
 from llmp.services.models import resolver
 
-ROUTE_MODULES = ["health", "keys", "models", "inference", "usage", "files", "batches", "webhooks"]
+ROUTE_MODULES = ["health", "openapi", "keys", "models", "inference", "usage", "files", "batches", "webhooks"]
 
 def create_app(settings: Settings, *, pool: ModelPool | None = None,
                adapters: dict[str, dict] | None = None) -> web.Application:
