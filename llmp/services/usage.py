@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import tomllib
 import weakref
 from typing import Any, Callable
 
@@ -152,14 +151,10 @@ def report(db, *, start_date: str | None = None, end_date: str | None = None,
 
 
 def payment_method(settings) -> dict | None:
-    """`[billing.payment_method]` from llmp.toml (type, last_four, expires), else None: llmp
-    never invents payment data."""
-    try:
-        data = tomllib.loads(settings.config_path.read_text())
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
-        return None
-    pm = (data.get("billing") or {}).get("payment_method")
-    return dict(pm) if isinstance(pm, dict) else None
+    """`[billing.payment_method]` of the settings (llmp.toml: type, last_four, expires), else
+    None: llmp never invents payment data."""
+    pm = settings.billing.payment_method
+    return pm.model_dump() if pm is not None else None
 
 
 def billing(db, settings, *, key: dict | None, quota: dict | None) -> dict[str, Any]:
