@@ -107,15 +107,8 @@ def test_queue_full_and_internal_error(server):
     """A full queue is 503 service_unavailable_error; an unexpected failure is a 500
     server_error whose message carries no traceback."""
     engine = server.run(server.app[POOL].get("tiny"))
-    size = server.settings.queue_size
-    try:
-        server.settings.queue_size = 0  # nothing may wait: the request is refused at once
-        engine.settings.queue_size = 0
-        # occupy every slot first so the next request has to queue
-        assert_error(_with_slots_full(server, engine), 503, "service_unavailable_error")
-    finally:
-        server.settings.queue_size = size
-        engine.settings.queue_size = size
+    statuses = _with_queue_full(server, engine, queue_size=2)
+    assert statuses["queued"] == [200, 200]  # the requests that waited were served
     original = engine.render_chat
     engine.render_chat = None  # calling it raises TypeError inside the handler
     try:
@@ -126,23 +119,57 @@ def test_queue_full_and_internal_error(server):
         engine.render_chat = original
 
 
-def _with_slots_full(server, engine):
-    """The response to a request sent while every slot is generating."""
+def _with_queue_full(server, engine, queue_size: int) -> dict:
+    """Fill the engine's queue for real and check that the next request is refused at once:
+    the step thread is held at its next step (so nothing leaves the queue), one request
+    takes a slot, `queue_size` more wait in the queue, and one more must get 503."""
     import threading
     import time
 
-    long_req = {**CHAT, "max_tokens": 120, "ignore_eos": True}
-    threads = [threading.Thread(target=server.request, args=("POST", "/v1/chat/completions"),
-                                kwargs={"json": long_req}) for _ in range(engine.n_slots)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 30
-    while engine.stats()["slots_busy"] < engine.n_slots and time.monotonic() < deadline:
-        time.sleep(0.005)  # polling a condition, with a deadline
-    resp = server.request("POST", "/v1/chat/completions", json=CHAT)
-    for t in threads:
-        t.join()
-    return resp
+    gate = threading.Event()
+    step = engine._step
+
+    def held_step():
+        gate.wait(30)  # released below; the timeout only guards against a hung test
+        step()
+
+    def wait_for(cond):
+        deadline = time.monotonic() + 30
+        while not cond() and time.monotonic() < deadline:
+            time.sleep(0.005)  # polling a condition, with a deadline
+        assert cond(), engine.stats()
+
+    statuses: dict[str, list] = {"running": [], "queued": []}
+
+    def send(kind):
+        statuses[kind].append(server.request("POST", "/v1/chat/completions", json=CHAT)[0])
+
+    size = engine.settings.queue_size
+    engine._step = held_step
+    threads = []
+    try:
+        threads.append(threading.Thread(target=send, args=("running",)))
+        threads[-1].start()
+        wait_for(lambda: engine.stats()["slots_busy"] == 1)  # it holds a slot, at the gate
+        engine.settings.queue_size = queue_size
+        for _ in range(queue_size):
+            threads.append(threading.Thread(target=send, args=("queued",)))
+            threads[-1].start()
+        wait_for(lambda: engine.stats()["queue_depth"] == queue_size)
+        t0 = time.monotonic()
+        body = assert_error(server.request("POST", "/v1/chat/completions", json=CHAT), 503,
+                            "service_unavailable_error")
+        assert time.monotonic() - t0 < 5  # refused at once, not after a timeout
+        assert "overloaded" in body["error"]["message"]
+        assert engine.stats()["queue_depth"] == queue_size
+    finally:
+        engine.settings.queue_size = size
+        gate.set()
+        for t in threads:
+            t.join(30)
+        del engine._step
+    assert statuses["running"] == [200]
+    return statuses
 
 
 def test_prompt_token_ids_outside_the_vocabulary(server):
