@@ -9,6 +9,7 @@ import io
 import json
 import time
 
+from llmp.server.state import EVENTS
 from llmp.services import keys as keys_service
 from llmp.services import webhooks
 
@@ -110,15 +111,20 @@ def test_events_go_to_the_owner_and_admins_only(server, receiver):
 
     async def emit():  # usage.limit.reached as the limits service reports it, on the server
         key_id = keys_service.authenticate(server.db, ka)["id"]
-        return webhooks.emit(server.db, "usage.limit.reached", {"key_id": key_id},
-                             key_id=key_id)
+        return server.app[EVENTS].publish("usage.limit.reached", {"key_id": key_id},
+                                          key_id=key_id).id
 
-    server.run(emit())
+    event_id = server.run(emit())
     rx_a.wait(2)
     rx_admin.wait(2)
     assert rx_b.got == []
     assert json.loads(rx_a.got[0][1])["data"]["id"] == batch_id
-    assert [json.loads(b)["type"] for _, b in rx_admin.got][-1] == "usage.limit.reached"
+    last = json.loads(rx_admin.got[-1][1])
+    assert last["type"] == "usage.limit.reached" and last["id"] == event_id  # the bus's id
+    # published once on the app's bus: webhooks delivered it, metrics counted it
+    metrics = server.request("GET", "/metrics", key=None)[2]
+    assert 'llmp_events_total{type="batch.completed"}' in metrics
+    assert 'llmp_events_total{type="usage.limit.reached"}' in metrics
 
 
 def test_backoff_schedule():
@@ -181,7 +187,8 @@ def test_a_poisoned_url_fails_its_attempts_and_others_still_arrive(server, recei
 
 
 async def _emit_limit(server, key_id: str) -> str:
-    return webhooks.emit(server.db, "usage.limit.reached", {"key_id": key_id}, key_id=key_id)
+    return server.app[EVENTS].publish("usage.limit.reached", {"key_id": key_id},
+                                      key_id=key_id).id
 
 
 def test_bad_urls_are_400_at_creation(server):

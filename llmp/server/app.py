@@ -16,10 +16,11 @@ from llmp.config import Settings
 from llmp.db import open_home
 from llmp.db import writer as db_writer
 from llmp.engine.pool import ModelPool
+from llmp.events import Bus
 from llmp.server.metrics import Metrics
 from llmp.server.middleware import end_partial_bodies, on_prepare, request_context
-from llmp.server.state import (ADAPTERS, DB, IN_FLIGHT, LIMITER, METRICS, POOL, SETTINGS,
-                               SHUTDOWN, STARTED_AT, WRITER, Shutdown)
+from llmp.server.state import (ADAPTERS, DB, EVENTS, IN_FLIGHT, LIMITER, METRICS, POOL,
+                               SETTINGS, SHUTDOWN, STARTED_AT, WRITER, Shutdown)
 from llmp.services.limits import Limiter
 from llmp.services.models import resolver
 
@@ -36,8 +37,12 @@ def create_app(settings: Settings, *, pool: ModelPool | None = None,
     app[DB] = db
     app[ADAPTERS] = dict(adapters or {})
     app[POOL] = pool or ModelPool(settings, resolver(db, app[ADAPTERS]))
-    app[LIMITER] = Limiter(db)
+    # the app's event bus: batch.*, usage.recorded, usage.limit.reached... published once;
+    # the limiter, webhooks (routes/webhooks.py) and metrics consume them
+    app[EVENTS] = Bus()
+    app[LIMITER] = Limiter(db, bus=app[EVENTS])
     app[METRICS] = Metrics()
+    app[EVENTS].subscribe(app[METRICS].count_event)
     app[STARTED_AT] = time.time()
     app[IN_FLIGHT] = {}
     app[SHUTDOWN] = Shutdown()

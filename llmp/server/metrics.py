@@ -9,6 +9,8 @@ import bisect
 import collections
 from typing import Iterable
 
+from llmp.events import Event
+
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -49,6 +51,11 @@ class Metrics:
         self.completion_tokens: collections.Counter[str] = collections.Counter()
         self.latency: dict[str, Histogram] = {}
         self.ttft: dict[str, Histogram] = {}
+        self.events: collections.Counter[str] = collections.Counter()
+
+    def count_event(self, event: Event) -> None:
+        """A handler for the app's bus: events by type (llmp_events_total)."""
+        self.events[event.type] += 1
 
     def count_request(self, method: str, route: str, status: int) -> None:
         self.requests[(method, route, status)] += 1
@@ -71,6 +78,9 @@ class Metrics:
         head("llmp_requests_total", "counter", "HTTP requests by method, route and status.")
         for (m, r, s), n in sorted(self.requests.items()):
             out.append(f'llmp_requests_total{{method="{m}",route="{_esc(r)}",status="{s}"}} {n}')
+        head("llmp_events_total", "counter", "Events published on the app's bus, by type.")
+        for typ, n in sorted(self.events.items()):
+            out.append(f'llmp_events_total{{type="{_esc(typ)}"}} {n}')
         for name, ctr, help_ in (
                 ("llmp_prompt_tokens_total", self.prompt_tokens, "Prompt tokens processed."),
                 ("llmp_completion_tokens_total", self.completion_tokens, "Tokens generated.")):

@@ -10,6 +10,7 @@ from sqlite_utils import Database
 from llmp.config import Settings
 from llmp.db.writer import Writer
 from llmp.engine.pool import ModelPool
+from llmp.events import Bus
 from llmp.server.metrics import Metrics
 from llmp.services.limits import Limiter
 
@@ -25,6 +26,7 @@ SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", Database)
 POOL = web.AppKey("pool", ModelPool)
 LIMITER = web.AppKey("limiter", Limiter)
+EVENTS = web.AppKey("events", Bus)  # the app's event bus (llmp.events)
 METRICS = web.AppKey("metrics", Metrics)
 STARTED_AT = web.AppKey("started_at", float)  # time.time() when the app was made
 IN_FLIGHT = web.AppKey("in_flight", dict)  # the requests being handled, by id(request)

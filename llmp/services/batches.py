@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from sqlite_utils import Database
 
+from llmp import events
 from llmp.db import batches as batches_db
 from llmp.db import keys as db_keys
 from llmp.db import models as db_models
@@ -45,6 +46,7 @@ from llmp.engine.types import Priority
 from llmp.errors import (AuthenticationError, InvalidRequestError, LlmpError, NotFoundError,
                          PermissionDeniedError, QuotaExceededError, RateLimitError,
                          ServiceUnavailableError)
+from llmp.events import Bus
 from llmp.ids import new_id
 from llmp.protocol.base import parse, parse_json
 from llmp.protocol.resources import (BATCH_ENDPOINTS, ChatLineShape, CompletionLineShape,
@@ -52,7 +54,6 @@ from llmp.protocol.resources import (BATCH_ENDPOINTS, ChatLineShape, CompletionL
 from llmp.services import inference
 from llmp.services import keys as keys_service
 from llmp.services import usage as usage_service
-from llmp.services import webhooks
 from llmp.services.files import FileStore, Upload
 from llmp.services.lists import check_limit, list_object, owner_scope
 
@@ -75,8 +76,8 @@ MAX_LINES = 50_000
 MAX_REPORTED_ERRORS = 100  # validation stops collecting errors after this many
 MAX_WINDOW_S = 7 * 24 * 3600
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
-TERMINAL_EVENTS = {"completed": "batch.completed", "failed": "batch.failed",
-                   "expired": "batch.expired", "cancelled": "batch.cancelled"}
+TERMINAL_EVENTS = {"completed": events.BATCH_COMPLETED, "failed": events.BATCH_FAILED,
+                   "expired": events.BATCH_EXPIRED, "cancelled": events.BATCH_CANCELLED}
 # Lines in flight per model: the engine's slots plus a few queued behind them (at batch
 # priority, so interactive requests still go first) to hide the per-line bookkeeping gap.
 LOOKAHEAD = 2
@@ -333,8 +334,10 @@ class BatchRunner:
 
     def __init__(self, db: Database, store: FileStore, pool: Any, *,
                  known_model: Callable[[str], bool] | None = None, poll_s: float = 5.0,
-                 limiter: Any = None):
+                 limiter: Any = None, bus: Bus | None = None):
         self.db = db
+        #: the app's event bus: batch.* events and the lines' usage rows (None: a private one)
+        self.bus = bus if bus is not None else Bus()
         #: the server's Limiter: each line is a request of the batch's key (None: no limits)
         self.limiter = limiter
         self.store = store
@@ -625,7 +628,7 @@ class BatchRunner:
             self.db, b["owner_key_id"], body.get("model"), b["endpoint"], prompt, completion,
             latency_ms, None, status_code, error_type=None if ok else payload["error"]["type"],
             request_id=request_id, batch_id=b["id"])
-        usage_service.notify(self.db, [row])
+        usage_service.notify(self.bus, [row])
         if admission is not None and self.limiter is not None:
             self.limiter.settle_admission(admission, prompt + completion)
         self._results.append({
@@ -712,6 +715,6 @@ class BatchRunner:
 
     def _emit(self, batch_id: str, status: str) -> None:
         row = batches_db.get(self.db, batch_id)
-        webhooks.emit(self.db, TERMINAL_EVENTS[status], to_api(self.db, row),
-                      key_id=row["owner_key_id"])
+        self.bus.publish(TERMINAL_EVENTS[status], to_api(self.db, row),
+                         key_id=row["owner_key_id"])
 

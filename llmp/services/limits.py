@@ -34,7 +34,8 @@ from typing import Callable
 from llmp.db import keys as db_keys
 from llmp.db import usage as db_usage
 from llmp.errors import QuotaExceededError, RateLimitError
-from llmp.services import timefmt, usage
+from llmp.events import USAGE_LIMIT_REACHED, USAGE_RECORDED, Bus, Event
+from llmp.services import timefmt
 
 log = logging.getLogger(__name__)
 
@@ -127,16 +128,19 @@ def billable(row: dict) -> bool:
 class Limiter:
     """Rate limits and quotas of every key, for one server process."""
 
-    def __init__(self, db, clock: Callable[[], float] = time.time):
+    def __init__(self, db, clock: Callable[[], float] = time.time, *, bus: Bus | None = None):
+        """`bus`: the app's event bus; the limiter counts its `usage.recorded` rows against
+        monthly quotas and publishes `usage.limit.reached` on it (None: neither)."""
         self.db = db
+        self.bus = bus
         self.clock = clock
         self._buckets: dict[str, tuple[tuple[int, int], Bucket, Bucket]] = {}
         self._months: dict[str, _Month] = {}
         self._keys: dict[str, dict] = {}  # the latest record seen of each key with a quota
         self._notified: set[tuple[str, str, str]] = set()  # (key, month, limit) announced
         self._lock = threading.Lock()
-        if db is not None:
-            usage.on_recorded(db, self.settle)
+        if bus is not None:
+            bus.subscribe(self._on_recorded, types=[USAGE_RECORDED])
 
     # -- rate limits ------------------------------------------------------------------
     @staticmethod
@@ -353,9 +357,10 @@ class Limiter:
                 return
             self._notified.add(mark)
             usage = {"requests": m.requests, "tokens": m.tokens, "cost": round(m.cost, 6)}
-        _emit(self.db, "usage.limit.reached", {
-            "key_id": key["id"], "limit": what, "period_start": m.start[:10],
-            "usage": usage, "limits": self.quota_of(key)})
+        if self.bus is not None:  # a handler's failure is logged by the bus, never raised here
+            self.bus.publish(USAGE_LIMIT_REACHED, {
+                "key_id": key["id"], "limit": what, "period_start": m.start[:10],
+                "usage": usage, "limits": self.quota_of(key)}, key_id=key["id"])
 
     def check_quota(self, key: dict) -> None:
         """QuotaExceededError when the key has used up a monthly quota (no reservation)."""
@@ -369,10 +374,13 @@ class Limiter:
             self._limit_reached(key, what, m)
             raise self._quota_error(f"Quota exceeded: this key has used its {what}")
 
+    def _on_recorded(self, event: Event) -> None:
+        self.settle(event.data["rows"])
+
     def settle(self, rows: list[dict]) -> None:
-        """Count freshly recorded usage rows (`usage.record_many` calls this for every writer
-        on the limiter's database: HTTP requests and the batch runner) against their keys'
-        months; emits `usage.limit.reached` for each key these rows take over a quota."""
+        """Count freshly recorded usage rows (published as `usage.recorded` on the app's bus
+        by every writer: HTTP requests and the batch runner) against their keys' months;
+        emits `usage.limit.reached` for each key these rows take over a quota."""
         month = timefmt.iso(timefmt.month_start())[:13]
         added: dict[str, list] = {}
         for r in rows:
@@ -397,13 +405,3 @@ class Limiter:
             if after and not before:
                 self._limit_reached(key, after, m)
 
-
-def _emit(db, event: str, data: dict) -> None:
-    """Send a webhook event; a failure is logged, never raised into the request that
-    triggered it."""
-    from llmp.services import webhooks  # not at the top: webhooks -> keys -> limits
-
-    try:
-        webhooks.emit(db, event, data)
-    except Exception:
-        log.exception("emitting webhook event %s failed", event)

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import weakref
-from typing import Any, Callable
+from typing import Any
 
 from llmp.db import models as db_models
 from llmp.db import usage as db_usage
 from llmp.db import writer as db_writer
 from llmp.errors import InvalidRequestError
+from llmp.events import USAGE_RECORDED, Bus
 from llmp.services import timefmt
 
 PERCENTILES = db_usage.PERCENTILES
@@ -45,31 +45,20 @@ def usage_row(db, key_id: str | None, model: str | None, endpoint: str, prompt_t
             "latency_ms": latency_ms, "ttft_ms": ttft_ms, "batch_id": batch_id}
 
 
-#: db -> what to call with every batch of rows recorded on it (the server's Limiter)
-_listeners: weakref.WeakKeyDictionary[Any, list[Callable[[list[dict]], None]]] = (
-    weakref.WeakKeyDictionary())
+def notify(bus: Bus, rows: list[dict[str, Any]]) -> None:
+    """Publish `usage.recorded` for rows without storing them (the limiter counts them against
+    the keys' quotas; the batch runner stores them with the lines' results)."""
+    if rows:
+        bus.publish(USAGE_RECORDED, {"rows": rows})
 
 
-def on_recorded(db, listener: Callable[[list[dict]], None]) -> None:
-    """Call `listener(rows)` after each `record_many` on `db` (the limiter's monthly counters
-    follow every writer in the process this way: HTTP requests and the batch runner)."""
-    _listeners.setdefault(db, []).append(listener)
-
-
-def notify(db, rows: list[dict[str, Any]]) -> None:
-    """Count usage rows in the listeners (quota counters; `usage.limit.reached`) without
-    storing them (the batch runner stores them with the lines' results)."""
-    for listener in _listeners.get(db, ()):
-        listener(rows)
-
-
-def record_many(db, rows: list[dict[str, Any]]) -> None:
-    """Count usage rows (made by `usage_row`) in the listeners, then store them in one
+def record_many(db, rows: list[dict[str, Any]], *, bus: Bus) -> None:
+    """Publish usage rows (made by `usage_row`) on the app's bus, then store them in one
     transaction: through the process's database writer when one runs (group commit, off the
     event loop), else at once."""
     if not rows:
         return
-    notify(db, rows)
+    notify(bus, rows)
     writer = db_writer.writer_for(db)
     if writer is not None:
         writer.add_usage(rows)
@@ -79,11 +68,11 @@ def record_many(db, rows: list[dict[str, Any]]) -> None:
 
 def record(db, key_id: str | None, model: str | None, endpoint: str, prompt_tokens: int = 0,
            completion_tokens: int = 0, latency_ms: float = 0.0, ttft_ms: float | None = None,
-           status: int = 200, **extra: Any) -> float:
+           status: int = 200, *, bus: Bus, **extra: Any) -> float:
     """Record one request (failed ones too; `extra`: `usage_row`'s keywords); returns its cost."""
     row = usage_row(db, key_id, model, endpoint, prompt_tokens, completion_tokens, latency_ms,
                     ttft_ms, status, **extra)
-    record_many(db, [row])
+    record_many(db, [row], bus=bus)
     return row["cost"]
 
 

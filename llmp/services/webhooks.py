@@ -1,8 +1,9 @@
 """Webhooks: endpoints, events, Standard Webhooks signatures and persisted, retried deliveries.
 
-Others report events with `emit(db, event, data, key_id=...)`: one delivery row per subscribed
-endpoint is stored at once (so a restart loses nothing) and the `Deliverer` running in the
-server sends it, retrying failures with exponential backoff.
+Others publish events on the app's bus (`llmp.events`); `subscribe(bus, db, wake=...)` turns
+each public one into one delivery row per subscribed endpoint, stored at once (so a restart
+loses nothing), and the `Deliverer` running in the server sends it, retrying failures with
+exponential backoff.
 
 Signing follows Standard Webhooks (https://www.standardwebhooks.com):
 `webhook-id` (the event id, the same on every retry), `webhook-timestamp` (unix seconds) and
@@ -36,7 +37,6 @@ import json
 import logging
 import secrets
 import socket
-import threading
 import time
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -49,6 +49,7 @@ from sqlite_utils import Database
 from llmp.db import webhooks as webhooks_db
 from llmp.db import writer as db_writer
 from llmp.errors import InvalidRequestError, NotFoundError
+from llmp.events import Bus, Event
 from llmp.ids import new_id
 from llmp.services import keys
 from llmp.services.lists import check_limit, list_object, owner_scope
@@ -301,55 +302,54 @@ def deliveries(db: Database, key: dict, webhook_id: str, *, after: str | None = 
 
 # -- events ------------------------------------------------------------------------------------
 
-_wakers: set[Callable[[], None]] = set()
-_wakers_lock = threading.Lock()
+def _payload(event: Event) -> str:
+    body = {"id": event.id, "object": "event", "type": event.type,
+            "created_at": event.created_at, "data": event.data}
+    return json.dumps(body, separators=(",", ":"), default=str)
 
 
-def _payload(event: str, data: dict) -> tuple[str, str]:
-    event_id = new_id("evt")
-    body = {"id": event_id, "object": "event", "type": event, "created_at": int(time.time()),
-            "data": data}
-    return event_id, json.dumps(body, separators=(",", ":"), default=str)
-
-
-def _enqueue(db: Database, endpoints: list[dict], event: str, data: dict) -> str:
-    event_id, payload = _payload(event, data)
-    now = time.time()
+def _enqueue(db: Database, endpoints: list[dict], event: Event,
+             wake: Callable[[], None] | None) -> None:
     if not endpoints:
-        return event_id
+        return
+    payload = _payload(event)
+    now = time.time()
     stored = webhooks_db.add_deliveries(db, [{
-        "id": new_id("whd"), "webhook_id": w["id"], "event_id": event_id, "event": event,
+        "id": new_id("whd"), "webhook_id": w["id"], "event_id": event.id, "event": event.type,
         "payload": payload, "status": "pending", "attempts": 0, "next_attempt_at": now,
         "created_at": int(now)} for w in endpoints])
+    if wake is None:
+        return
     if stored is None:
-        _wake_all()
-    else:  # written off the loop: wake the deliverers once it is committed
-        stored.add_done_callback(lambda _: _wake_all())
-    return event_id
-
-
-def _wake_all() -> None:
-    with _wakers_lock:
-        wakers = list(_wakers)
-    for wake in wakers:
         wake()
+    else:  # written off the loop: wake the deliverer once it is committed
+        stored.add_done_callback(lambda _: wake())
 
 
-def emit(db: Database, event: str, data: dict, *, key_id: str | None = None) -> str:
-    """Report `event` (one of EVENTS) with its `data` object; `key_id` is the key the event
-    belongs to (see the module doc; default: `data["key_id"]`, as usage.limit.reached
-    carries it). Returns the event id."""
-    if event not in EVENTS:
-        raise ValueError(f"unknown webhook event {event!r}")
-    key_id = key_id or data.get("key_id")
-    return _enqueue(db, webhooks_db.subscribers(db, event, key_id=key_id), event, data)
+def deliver(db: Database, event: Event, *, wake: Callable[[], None] | None = None) -> None:
+    """Store one delivery of `event` (one of EVENTS) per endpoint subscribed to it (see the
+    module doc for who receives what: `event.key_id`, default `data["key_id"]`), then call
+    `wake` (the deliverer's) once they are written."""
+    if event.type not in EVENTS:
+        raise ValueError(f"unknown webhook event {event.type!r}")
+    key_id = event.key_id or event.data.get("key_id")
+    _enqueue(db, webhooks_db.subscribers(db, event.type, key_id=key_id), event, wake)
 
 
-def send_test(db: Database, key: dict, webhook_id: str) -> dict:
+def subscribe(bus: Bus, db: Database, *, wake: Callable[[], None] | None = None
+              ) -> Callable[[], None]:
+    """Turn the public events published on the app's `bus` into deliveries; returns the
+    unsubscribe function."""
+    return bus.subscribe(lambda event: deliver(db, event, wake=wake), types=EVENTS)
+
+
+def send_test(db: Database, key: dict, webhook_id: str, *,
+              wake: Callable[[], None] | None = None) -> dict:
     """Queue a `webhook.test` event to one endpoint; returns {event_id}."""
     w = _get(db, key, webhook_id)
-    event_id = _enqueue(db, [w], TEST_EVENT, {"webhook_id": w["id"]})
-    return {"object": "webhook.test", "webhook_id": w["id"], "event_id": event_id}
+    event = Event(TEST_EVENT, {"webhook_id": w["id"]}, key_id=key["id"])
+    _enqueue(db, [w], event, wake)
+    return {"object": "webhook.test", "webhook_id": w["id"], "event_id": event.id}
 
 
 def backoff(attempts: int, base: float = BACKOFF_BASE_S) -> float:
@@ -373,20 +373,22 @@ class Deliverer:
         self.restarts = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._waker: Callable[[], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
 
+    def wake(self) -> None:
+        """Look for due deliveries now (from any thread; a no-op until started)."""
+        loop = self._loop
+        if loop is not None and not self._stopping:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(self._wake.set)
+
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._waker = lambda: loop.call_soon_threadsafe(self._wake.set)
-        with _wakers_lock:
-            _wakers.add(self._waker)
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._supervise(), name="webhook-deliverer")
 
     async def stop(self) -> None:
         self._stopping = True
-        with _wakers_lock:
-            _wakers.discard(self._waker)
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

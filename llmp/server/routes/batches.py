@@ -8,7 +8,7 @@ from aiohttp import web
 from llmp.server.auth import requires
 from llmp.server.middleware import int_param, read_json
 from llmp.server.routes.files import store
-from llmp.server.state import API_KEY, DB, LIMITER, POOL
+from llmp.server.state import API_KEY, DB, EVENTS, LIMITER, POOL
 from llmp.services.batches import BatchRunner, Batches
 
 RUNNER = web.AppKey("batch_runner", BatchRunner)
@@ -43,7 +43,8 @@ async def cancel(request: web.Request) -> web.Response:
 
 async def _runner(app: web.Application) -> AsyncIterator[None]:
     """Start the batch runner (it resumes unfinished batches) and stop it on shutdown."""
-    runner = BatchRunner(app[DB], store(app), app[POOL], limiter=app[LIMITER])
+    runner = BatchRunner(app[DB], store(app), app[POOL], limiter=app[LIMITER],
+                         bus=app[EVENTS])
     app[RUNNER] = runner
     await runner.start()
     yield

@@ -19,7 +19,8 @@ from llmp.errors import LlmpError, ServerError, ServiceUnavailableError
 from llmp.server import sse
 from llmp.server.auth import requires
 from llmp.server.middleware import read_json
-from llmp.server.state import API_KEY, DB, LIMITER, METRICS, POOL, REQUEST_ID, SHUTDOWN
+from llmp.server.state import (API_KEY, DB, EVENTS, LIMITER, METRICS, POOL, REQUEST_ID,
+                               SHUTDOWN)
 from llmp.services import inference, usage
 from llmp.services.limits import Admission
 from llmp.services.models import model_version
@@ -130,10 +131,10 @@ async def _serve(request: web.Request, prepare: Prepare, endpoint: str) -> web.S
         prompt = call.prompt_tokens if processed and call else 0
         completion = call.completion_tokens_so_far if processed and call else 0
         ttft = call.ttft if call else None
-        # counted against the key's quotas (the limiter listens to usage.record) in the same
-        # step as the admission's reservation is given back, then stored off the loop
+        # counted against the key's quotas (the limiter listens to the bus) in the same step
+        # as the admission's reservation is given back, then stored off the loop
         usage.record(db, key["id"], model, endpoint, prompt, completion, latency * 1000,
-                     ttft * 1000 if ttft is not None else None, status,
+                     ttft * 1000 if ttft is not None else None, status, bus=app[EVENTS],
                      error_type=error_type, request_id=request[REQUEST_ID],
                      cached_tokens=call.usage.cached_tokens if processed and call else 0)
         if admission is not None:

@@ -10,7 +10,7 @@ from llmp.protocol.base import parse
 from llmp.protocol.resources import CreateWebhookRequest
 from llmp.server.auth import requires
 from llmp.server.middleware import int_param, read_json
-from llmp.server.state import API_KEY, DB, SETTINGS
+from llmp.server.state import API_KEY, DB, EVENTS, SETTINGS
 from llmp.services import webhooks
 from llmp.services.webhooks import Deliverer
 
@@ -52,14 +52,17 @@ async def deliveries(request: web.Request) -> web.Response:
 @requires("webhooks")
 async def test(request: web.Request) -> web.Response:
     return web.json_response(webhooks.send_test(request.app[DB], request[API_KEY],
-                                                request.match_info["webhook_id"]))
+                                                request.match_info["webhook_id"],
+                                                wake=request.app[DELIVERER].wake))
 
 
 async def _deliverer(app: web.Application) -> AsyncIterator[None]:
     deliverer = Deliverer(app[DB], allow_private=app[SETTINGS].webhook_allow_private)
     app[DELIVERER] = deliverer
+    unsubscribe = webhooks.subscribe(app[EVENTS], app[DB], wake=deliverer.wake)
     await deliverer.start()
     yield
+    unsubscribe()
     await deliverer.stop()
 
 
