@@ -1,0 +1,1 @@
+"""Command-line interface: `llmp` (typer); `main.py` assembles one module per group."""

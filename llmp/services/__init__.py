@@ -1,0 +1,1 @@
+"""Services: keys, limits, usage, files, batches, webhooks, inference (what routes and workers call)."""
