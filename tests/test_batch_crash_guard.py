@@ -42,7 +42,7 @@ def test_a_line_running_at_two_crashes_is_failed_not_rerun(tiny_model_path, tmp_
         client = _client_when_up(proc, port, key)
         b = submit(client, [slow])
         for crashes in (0, 1):  # kill -9 while the line runs, twice
-            _until(lambda: _in_flight(home, crashes))
+            _until(lambda c=crashes: _in_flight(home, c))
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
             proc = _serve(home, port, key)

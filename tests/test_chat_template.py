@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from jinja2.exceptions import SecurityError
 
 from llmp.config import Settings
 from llmp.engine.chat import compile_template
@@ -19,7 +20,8 @@ def engine(tiny_model_path, tmp_path_factory):
 def test_renders_the_models_chatml_template(engine):
     chat = engine.render_chat([{"role": "system", "content": "Be brief."},
                                {"role": "user", "content": [{"type": "text", "text": "Hi"}]}])
-    assert chat.prompt == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert chat.prompt == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+                           "<|im_start|>assistant\n")
     assert chat.grammar is None and not chat.parse_tools and chat.extra["template"] == "gguf"
     ids = engine.tokenize(chat.prompt)
     assert engine.tokenize("<|im_start|>")[0] == ids[0]  # special tokens parsed as such
@@ -29,7 +31,8 @@ def test_tools_are_rendered_unless_tool_choice_none(engine):
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
     msgs = [{"role": "user", "content": "Weather?"},
             {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+                {"id": "call_1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
             {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
     chat = engine.render_chat(msgs, tools=tools)
     assert "get_weather" in chat.prompt and chat.parse_tools and chat.grammar is None
@@ -42,11 +45,12 @@ def test_tools_are_rendered_unless_tool_choice_none(engine):
 
 
 def test_sandbox_and_helpers():
-    t = compile_template("{{ x | tojson }}{% if bad %}{{ raise_exception('nope') }}{% endif %}{{ strftime_now('%Y') | length }}")
+    t = compile_template("{{ x | tojson }}{% if bad %}{{ raise_exception('nope') }}{% endif %}"
+                         "{{ strftime_now('%Y') | length }}")
     assert t.render(x={"a": "é"}, bad=False) == '{"a": "é"}4'
     with pytest.raises(Exception, match="nope"):
         t.render(x=1, bad=True)
-    with pytest.raises(Exception):  # the sandbox refuses attribute escapes
+    with pytest.raises(SecurityError):  # the sandbox refuses attribute escapes
         compile_template("{{ ''.__class__.__mro__ }}").render()
 
 

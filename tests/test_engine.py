@@ -11,8 +11,12 @@ from llmp.engine.engine import Engine
 from llmp.engine.pool import ModelPool, ModelSpec
 from llmp.engine.textstream import TextStream
 from llmp.engine.types import GenerationRequest, Priority, SamplingParams
-from llmp.errors import (ContextLengthExceededError, InvalidRequestError, NotFoundError,
-                         ServiceUnavailableError)
+from llmp.errors import (
+    ContextLengthExceededError,
+    InvalidRequestError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 
 
 @pytest.fixture(scope="module")

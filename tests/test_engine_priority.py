@@ -105,7 +105,7 @@ async def test_preempted_greedy_output_equals_uninterrupted_run(one_slot, penalt
     job = Stream(eng, req)
     for i in range(3):  # each one preempts the batch job, which then resumes where it was
         seen = len(job.ids)
-        await wait_for(lambda: len(job.ids) > seen and eng.stats()["queue_depth"] == 0)
+        await wait_for(lambda seen=seen: len(job.ids) > seen and eng.stats()["queue_depth"] == 0)
         await eng.complete(interactive(f"Interactive question {i} about something else", 16))
         assert job.running
     await job.task

@@ -7,6 +7,7 @@ import threading
 
 from llmp.events import USAGE_LIMIT_REACHED, USAGE_RECORDED, Bus
 from llmp.services.limits import Limiter
+
 from test_layers import ROOT, _imports, _module
 
 

@@ -3,8 +3,8 @@ purpose filter and pagination, retrieve, content, delete; errors; per-key visibi
 from __future__ import annotations
 
 import hashlib
-import json
 import io
+import json
 
 import openai
 import pytest

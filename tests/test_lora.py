@@ -16,7 +16,9 @@ import pytest
 import hf_tiny
 
 IDS = [5, 17, 100, 200, 42, 7, 300, 12, 64, 250]
-TOL = 1e-3  # max |logit difference| (logits are O(5)): f32 weights, f32 KV cache, no flash attention (its CPU kernel rounds to f16)
+# max |logit difference| (logits are O(5)): f32 weights, f32 KV cache, no flash attention
+# (its CPU kernel rounds to f16)
+TOL = 1e-3
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ import pytest
 from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
 from llmp.config import load_settings
-from llmp.db import open_home
 from llmp.db import models as db_models
+from llmp.db import open_home
 from llmp.models.synth import Preset, synthesize
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

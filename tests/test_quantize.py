@@ -7,8 +7,8 @@ import llama_cpp
 import pytest
 
 from llmp.config import load_settings
-from llmp.db import open_home
 from llmp.db import models as db_models
+from llmp.db import open_home
 from llmp.models import quantize
 
 

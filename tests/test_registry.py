@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from llmp.config import load_settings
-from llmp.db import open_home
 from llmp.db import models as db_models
+from llmp.db import open_home
 from llmp.errors import NotFoundError
 from llmp.models import registry
 

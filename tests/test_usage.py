@@ -34,7 +34,7 @@ def test_usage_aggregates_match(server):
     assert all(r["latency_ms"] > 0 for r in rows) and rows[1]["ttft_ms"] is not None
     st, _, rep = server.request("GET", "/v1/usage", key=key)
     assert st == 200
-    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    today = dt.datetime.now(dt.UTC).date().isoformat()
     tiny = next(e for e in rep["data"] if e["model"] == "tiny")
     assert tiny["date"] == today and tiny["requests"] == 3
     assert tiny["tokens"] == {"prompt_tokens": sent_prompt, "completion_tokens": sent_completion,
@@ -72,7 +72,7 @@ def test_cli_usage(server, cli, monkeypatch):
 def _rows(n: int = 400) -> list[dict]:
     """Usage rows over three days, two keys, two models, varied latencies and statuses."""
     rng = random.Random(7)
-    base = dt.datetime.now(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
+    base = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
     return [{"created_at": (base - dt.timedelta(minutes=rng.randrange(3 * 24 * 60)))
              .strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "key_id": f"key_{rng.randrange(2)}",
              "model": f"m{rng.randrange(2)}", "endpoint": "/v1/chat/completions",
@@ -94,7 +94,7 @@ def test_report_percentiles_match_a_direct_computation(tmp_path):
     db = connect(tmp_path / "u.db")
     rows = _rows()
     db_usage.insert_rows(db, rows)
-    start = (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=4)).isoformat()
+    start = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=4)).isoformat()
     for shape in SHAPES:
         rep = usage.report(db, start_date=start, **shape)
         period = 10 if shape["granularity"] == "day" else 13
@@ -150,7 +150,7 @@ def test_upgrade_backfills_the_summaries(tmp_path):
     upgraded = connect(tmp_path / "old.db")  # applies 0030
     fresh = connect(tmp_path / "fresh.db")
     db_usage.insert_rows(fresh, rows)
-    start = (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=4)).isoformat()
+    start = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=4)).isoformat()
     for shape in SHAPES:
         assert usage.report(upgraded, start_date=start, **shape) == usage.report(
             fresh, start_date=start, **shape), shape

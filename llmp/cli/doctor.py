@@ -54,8 +54,8 @@ def _devices() -> list[str]:
 
 
 def _home(settings) -> dict[str, Any]:
-    from llmp.db import open_home, schema_version
     from llmp.db import models as db_models
+    from llmp.db import open_home, schema_version
 
     info: dict[str, Any] = {"path": str(settings.home)}
     try:

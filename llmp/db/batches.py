@@ -8,7 +8,8 @@ when a restarted server runs it again.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from sqlite_utils import Database
 

@@ -19,8 +19,9 @@ import collections
 import functools
 import math
 from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 from itertools import accumulate
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from sqlite_utils import Database
 
@@ -51,7 +52,7 @@ def latency_bucket(ms: float) -> int:
     return int(math.floor(BUCKETS_PER_OCTAVE * math.log2(max(float(ms), 1.0))))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bucket_value(bucket: int) -> float:
     """The representative latency (ms) of a bucket: its geometric middle."""
     return 2 ** ((bucket + 0.5) / BUCKETS_PER_OCTAVE)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from concurrent.futures import Future
-from typing import Any, Iterable
+from typing import Any
 
 from sqlite_utils import Database
 

@@ -24,8 +24,9 @@ import queue
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sqlite_utils import Database
 
@@ -36,10 +37,10 @@ ROUND_MAX = 4096
 #: a write that fails (e.g. the database is locked past busy_timeout) is retried this often
 RETRIES = 5
 
-_registry: weakref.WeakKeyDictionary[Database, "Writer"] = weakref.WeakKeyDictionary()
+_registry: weakref.WeakKeyDictionary[Database, Writer] = weakref.WeakKeyDictionary()
 
 
-def register(db: Database, writer: "Writer | None") -> None:
+def register(db: Database, writer: Writer | None) -> None:
     """Route the writes made through `db` (the loop's connection) to `writer` (None: stop)."""
     if writer is None:
         _registry.pop(db, None)
@@ -47,7 +48,7 @@ def register(db: Database, writer: "Writer | None") -> None:
         _registry[db] = writer
 
 
-def writer_for(db: Database) -> "Writer | None":
+def writer_for(db: Database) -> Writer | None:
     return _registry.get(db)
 
 

@@ -30,9 +30,10 @@ import os
 import re
 import shutil
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from sqlite_utils import Database
 
@@ -157,9 +158,14 @@ def choose(offers: list[Offer], quant: str | None, repo: str) -> Offer:
 def _hub_errors(repo: str, revision: str | None, endpoint: str) -> Iterator[None]:
     """Map huggingface_hub and transport errors to one-line LlmpErrors."""
     import httpx2
-    from huggingface_hub.errors import (GatedRepoError, HFValidationError, HfHubHTTPError,
-                                        RemoteEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     hf_logger = logging.getLogger("huggingface_hub")
     level = hf_logger.level
@@ -220,7 +226,7 @@ class _Bar:
         self.n += n
         self._report(self.n)
 
-    def __enter__(self) -> "_Bar":
+    def __enter__(self) -> _Bar:
         return self
 
     def __exit__(self, *exc: object) -> None:

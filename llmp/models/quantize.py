@@ -16,9 +16,9 @@ import errno
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from sqlite_utils import Database
 
@@ -93,7 +93,7 @@ class _LlamaLogCapture:
 
         self._callback = _callback
 
-    def __enter__(self) -> "_LlamaLogCapture":
+    def __enter__(self) -> _LlamaLogCapture:
         self._llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
         return self
 

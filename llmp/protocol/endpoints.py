@@ -16,8 +16,9 @@ Routes are written as the router writes them: "METHOD /path/{param}".
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import bisect
 import collections
-from typing import Iterable
+from collections.abc import Iterable
 
 from llmp.events import Event
 

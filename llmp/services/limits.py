@@ -28,8 +28,8 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from llmp.db import keys as db_keys
 from llmp.db import usage as db_usage
@@ -184,23 +184,6 @@ class Limiter:
                 raise self._denied("requests", req.capacity, req.wait(1), self._state(req, tok, now))
             req.level -= 1
             return self._state(req, tok, now)
-
-    def reserve_tokens(self, key: dict, n: int) -> int:
-        """Reserve `n` tokens (capped at the bucket's size); returns the amount reserved."""
-        with self._lock:
-            now = self.clock()
-            req, tok = self._pair(key, now)
-            n = min(max(0, int(n)), tok.capacity)
-            if tok.level < n:
-                raise self._denied("tokens", tok.capacity, tok.wait(n), self._state(req, tok, now))
-            tok.level -= n
-            return n
-
-    def settle_tokens(self, key: dict, reserved: int, used: int) -> None:
-        """Give back what a request reserved but did not use (or take what it used beyond)."""
-        with self._lock:
-            _, tok = self._pair(key, self.clock())
-            tok.level = min(tok.capacity, tok.level + reserved - used)
 
     # -- admission (rate limits and quotas together) ----------------------------------
     def admit(self, key: dict, tokens: int, *, cost: float = 0.0,

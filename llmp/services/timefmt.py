@@ -5,7 +5,7 @@ import datetime as dt
 
 from llmp.errors import InvalidRequestError
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def now() -> dt.datetime:

@@ -1,7 +1,7 @@
 """/v1/batches: create, list, retrieve, cancel; the batch runner lives as long as the app."""
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -9,7 +9,7 @@ from llmp.server.auth import requires
 from llmp.server.middleware import int_param, read_json
 from llmp.server.routes.files import store
 from llmp.server.state import API_KEY, DB, EVENTS, LIMITER, POOL
-from llmp.services.batches import BatchRunner, Batches
+from llmp.services.batches import Batches, BatchRunner
 
 RUNNER = web.AppKey("batch_runner", BatchRunner)
 

@@ -106,7 +106,7 @@ async def content(request: web.Request) -> web.StreamResponse:
     row = files.row(request.match_info["file_id"], request[API_KEY])
     return web.FileResponse(files.path(row), headers={
         "Content-Type": "application/octet-stream",  # as OpenAI serves file content
-        "Content-Disposition": 'attachment; filename="%s"' % row["filename"].replace('"', "")})
+        "Content-Disposition": 'attachment; filename="{}"'.format(row["filename"].replace('"', ""))})
 
 
 def setup(app: web.Application) -> None:
