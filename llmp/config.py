@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(30.0, ge=0)  # seconds open requests get to finish on SIGTERM/Ctrl-C
     # webhooks: deliveries to loopback/private/link-local addresses (never to metadata ones)
     webhook_allow_private: bool = False
+    # moderations (POST /v1/moderations): the guard model the OpenAI moderation model names
+    # resolve to (None: the first registered guard, see `llmp models set-guard`); a category
+    # is flagged when the guard's verdict names it or its score reaches its threshold
+    moderation_model: str | None = None
+    moderation_threshold: float = 0.5
+    moderation_thresholds: str = ""  # per-category overrides: "violence=0.3,hate=0.6"
     # misc
     admin_key: str | None = None  # LLMP_ADMIN_KEY
     log_level: str = "info"

@@ -14,6 +14,10 @@ from pathlib import Path
 import jsonschema
 
 _RAW = json.loads((Path(__file__).parent / "data" / "openai_batch_schemas.json").read_text())
+# embeddings and moderations (CreateEmbeddingResponse, CreateModerationResponse)
+_RAW["components"]["schemas"].update(json.loads(
+    (Path(__file__).parent / "data" / "openai_embed_moderation_schemas.json").read_text()
+)["components"]["schemas"])
 
 
 def _nullable_optionals(node):

@@ -9,7 +9,8 @@ from pathlib import Path
 import llmp
 
 ROOT = Path(llmp.__file__).parent
-CORE = ("config", "errors", "ids", "db", "models", "engine", "protocol", "services", "client")
+CORE = ("config", "errors", "ids", "db", "models", "engine", "backends", "protocol", "services",
+        "client")
 FORBIDDEN = {
     **{part: ("llmp.cli", "llmp.server", "llmp.tui") for part in CORE},
     "server": ("llmp.cli", "llmp.tui"),

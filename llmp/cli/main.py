@@ -22,6 +22,8 @@ from llmp.cli import usage as usage_cmd
 from llmp.cli import batch as batch_cmd
 from llmp.cli import files as files_cmd
 from llmp.cli import webhooks as webhooks_cmd
+from llmp.cli import embed as embed_cmd
+from llmp.cli import moderate as moderate_cmd
 from llmp.cli.ui import err_console
 from llmp.errors import LlmpError
 
@@ -60,6 +62,8 @@ app.command("usage")(usage_cmd.usage)
 app.add_typer(files_cmd.app, name="files")
 app.add_typer(batch_cmd.app, name="batch")
 app.add_typer(webhooks_cmd.app, name="webhooks")
+app.command("embed")(embed_cmd.embed)
+app.command("moderate")(moderate_cmd.moderate)
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -31,7 +31,7 @@ NameOpt = Annotated[Optional[str], typer.Option(
 ProviderOpt = Annotated[Optional[str], typer.Option(
     "--provider", help="Provider shown by the API (default: repo owner or GGUF organization).")]
 ModelArg = Annotated[str, typer.Argument(help="Model id or alias.")]
-PresetName = Literal["tiny", "small", "1b", "8b"]  # the keys of synth.PRESETS
+PresetName = Literal["tiny", "small", "1b", "8b", "embed"]  # the keys of synth.PRESETS
 _QUANT_HELP = ", ".join(sorted(BITS_PER_WEIGHT, key=lambda t: -BITS_PER_WEIGHT[t]))
 
 
@@ -297,6 +297,25 @@ def set_price(
                   f"{rec['currency']} per 1K tokens")
 
 
+@app.command("set-guard")
+def set_guard(
+    model: ModelArg,
+    profile: Annotated[Optional[str], typer.Option(
+        "--profile", help="llama-guard-3 | qwen3-guard (default: detected from the model's "
+        "metadata); 'none' unmarks the model.")] = None,
+) -> None:
+    """Mark a model as a guard (safety classifier) serving POST /v1/moderations."""
+    from llmp.services.moderation import set_guard as mark
+
+    _, db = _open()
+    rec = mark(db, model, profile)
+    if rec.get("guard_profile"):
+        console.print(f"{rec['id']}: guard model, profile {rec['guard_profile']} "
+                      "(serves omni-moderation-latest / text-moderation-*)")
+    else:
+        console.print(f"{rec['id']}: no longer a guard model")
+
+
 @app.command(help="Quantize a registered model with llama.cpp and register the result.\n\n"
                   f"Types (by precision): {_QUANT_HELP}.")
 def quantize(
@@ -325,7 +344,8 @@ def quantize(
 @app.command()
 def synth(
     preset: Annotated[PresetName, typer.Option(
-        "--preset", help="tiny (tests), small (~30M), 1b / 8b (Llama-3.2-1B / 3.1-8B shapes).")] = "tiny",
+        "--preset", help="tiny (tests), small (~30M), 1b / 8b (Llama-3.2-1B / 3.1-8B shapes), "
+        "embed (an embedding model: pooled, no chat template).")] = "tiny",
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Where to write (default: $LLMP_HOME/models/synth/<preset>-<dtype>.gguf).")] = None,
     dtype: Annotated[Literal["f16", "f32"], typer.Option("--dtype")] = "f16",
@@ -333,14 +353,17 @@ def synth(
     register: Annotated[bool, typer.Option(
         "--register", help="Register the model too.")] = False,
     name: NameOpt = None,
+    pooling: Annotated[Optional[Literal["mean", "cls", "last"]], typer.Option(
+        "--pooling", help="Embedding pooling (--preset embed; default mean).")] = None,
 ) -> None:
     """Write a synthetic llama GGUF (random weights, real tokenizer, ChatML template)."""
     from llmp.models.synth import synthesize
 
     settings = load_settings()
-    out = (output or settings.models_dir / "synth" / f"{preset}-{dtype}.gguf").expanduser()
+    out = (output or settings.models_dir / "synth" /
+           f"{preset}{'-' + pooling if pooling else ''}-{dtype}.gguf").expanduser()
     with _progress(*_BYTES) as update:
-        synthesize(preset, out, dtype=dtype, seed=seed,
+        synthesize(preset, out, dtype=dtype, seed=seed, pooling=pooling,
                    progress=lambda done, total: update(f"synthesizing {preset}", done, total))
     console.print(f"Wrote {out} ({human_bytes(out.stat().st_size)})")
     if register or name:

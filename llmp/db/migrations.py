@@ -349,3 +349,10 @@ def m0080_model_adapters(db: Database) -> None:
     db["models"].add_column("parent", str)
     db["models"].add_column("lora_scale", float)
     db["models"].create_index(["parent"])
+
+
+@MIGRATIONS(name="0090_model_guard_profile")
+def m0090_model_guard_profile(db: Database) -> None:
+    # A guard model (moderations): the profile that renders its prompt and reads its verdict
+    # ("llama-guard-3", "qwen3-guard"); NULL for every other model.
+    db["models"].add_column("guard_profile", str)

@@ -45,20 +45,22 @@ import concurrent.futures
 import ctypes
 import heapq
 import itertools
+import math
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 import llama_cpp as L
+import numpy as np
 
 from llmp.config import Settings
 from llmp.engine.chat import render_chat
 from llmp.engine.native import Model, gpu_offload_supported
 from llmp.engine.sampling import SamplerChain, backend_capable, token_logprob
 from llmp.engine.textstream import TextStream
-from llmp.engine.types import (ChatPrompt, Completion, Delta, GenerationRequest, TokenLogprob,
-                               Usage)
+from llmp.engine.types import (ChatPrompt, Completion, Delta, GenerationRequest, Priority,
+                               SamplingParams, TokenLogprob, Usage)
 from llmp.errors import (ContextLengthExceededError, InvalidRequestError, LlmpError, ServerError,
                          ServiceUnavailableError)
 
@@ -91,6 +93,7 @@ class _Job:
     ids: list[int] = field(default_factory=list)  # sampled tokens not yet sent
     lps: list[TokenLogprob] = field(default_factory=list)  # their logprobs
     cached: int | None = None  # prompt tokens found in the KV cache; None until first started
+    scores: list[float] | None = None  # a scoring job's result (see `Engine.score`)
     first_at: float | None = None
 
     def context(self) -> list[int]:
@@ -147,6 +150,9 @@ def _available_memory() -> int:
 
 class Engine:
     """One loaded model serving many concurrent requests (see the module docstring)."""
+
+    kind = "generate"  # or "guard" (set by the pool from the model's spec)
+    guard_profile: str | None = None
 
     def __init__(self, model_id: str, model: Model, settings: Settings, *, n_ctx: int = 0,
                  n_slots: int = 0, backend_sampling: bool | None = None):
@@ -324,6 +330,27 @@ class Engine:
                                   usage=d.usage or Usage(), token_ids=ids, logprobs=lps, ttft=ttft,
                                   latency=time.perf_counter() - t0)
         raise ServerError("generation ended without a finish reason")  # pragma: no cover
+
+    async def score(self, tokens: list[int], candidates: list[int], *,
+                    priority: Priority = Priority.INTERACTIVE, request_id: str = "") -> list[float]:
+        """The log-probabilities of `candidates` as the token following `tokens`: the
+        log-softmax over the whole vocabulary of the logits at the last prompt position.
+
+        Runs as a request of the scheduler (continuous batching, prefix cache, priorities):
+        scoring several continuations of one prompt one after another prefills only their
+        new suffixes. This is what a guard model's moderation scores are read from."""
+        n_vocab = self.model.n_vocab
+        if not candidates or not all(0 <= t < n_vocab for t in candidates):
+            raise InvalidRequestError("score candidates must be token ids of the vocabulary",
+                                      code="invalid_parameter")
+        req = GenerationRequest(prompt=list(tokens),
+                                params=SamplingParams(temperature=0.0, max_tokens=1, logprobs=0),
+                                priority=priority, request_id=request_id,
+                                score_tokens=list(candidates))
+        async for d in self.generate(req):
+            if d.finish_reason is not None:
+                return list(d.scores or [])
+        raise ServerError("scoring ended without a result")  # pragma: no cover
 
     def _make_job(self, req: GenerationRequest) -> _Job:
         if isinstance(req.prompt, str):
@@ -662,6 +689,16 @@ class Engine:
     def _sample(self, s: _Slot, now: float) -> None:
         job = s.job
         p = job.req.params
+        if job.req.score_tokens is not None:  # a scoring job: read the logits, generate nothing
+            ptr = L.llama_get_logits_ith(self.ctx, s.out_idx)
+            logits = np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).astype(np.float64)
+            m = logits.max()
+            lse = m + math.log(float(np.exp(logits - m).sum()))
+            job.scores = [float(logits[t] - lse) for t in job.req.score_tokens]
+            if job.first_at is None:
+                job.first_at = now
+            self._finish(s, "stop", "")
+            return
         if job.backend:
             tok = int(L.llama_get_sampled_token_ith(self.ctx, s.out_idx))
         else:
@@ -690,7 +727,8 @@ class Engine:
     def _emit(self, s: _Slot, text: str, finish: str | None = None, usage: Usage | None = None) -> None:
         job = s.job
         d = Delta(text=text, token_ids=job.ids, finish_reason=finish, usage=usage,
-                  logprobs=job.lps if job.req.params.logprobs is not None else None)
+                  logprobs=job.lps if job.req.params.logprobs is not None else None,
+                  scores=job.scores if finish is not None else None)
         if job.first_at is not None and not job.ttft_sent:
             d.ttft = job.first_at - job.submitted
             job.ttft_sent = True

@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, Callable
 
 from llmp.config import Settings
 from llmp.engine.engine import Engine, LoraSet
+from llmp.engine.embed import EmbeddingEngine
 from llmp.engine.types import Completion, Delta, GenerationRequest
 
 
@@ -32,6 +33,10 @@ class ModelSpec:
     # LoRA adapters (GGUF path, scale) for requests to `served_as`; `id`/`path` are the base's
     lora: list[tuple[str, float]] = field(default_factory=list)
     served_as: str | None = None  # the adapter model's id (None: the base model itself)
+    # what the model is for: "generate" (chat / completions), "embed" (an embedding model,
+    # served by `EmbeddingEngine`), "guard" (a generative safety classifier for moderations)
+    kind: str = "generate"
+    guard_profile: str | None = None  # the guard's prompt/verdict profile (kind "guard")
 
 
 class AdapterEngine:
@@ -99,9 +104,15 @@ class ModelPool:
         self._loads[spec.id] = fut
         try:
             await self._make_room()
-            eng = await asyncio.to_thread(
-                Engine.load, spec.id, spec.path, self.settings, n_ctx=spec.n_ctx,
-                n_slots=spec.n_slots, backend_sampling=self.backend_sampling)
+            if spec.kind == "embed":
+                eng: Any = await asyncio.to_thread(EmbeddingEngine.load, spec.id, spec.path,
+                                                   self.settings)
+            else:
+                eng = await asyncio.to_thread(
+                    Engine.load, spec.id, spec.path, self.settings, n_ctx=spec.n_ctx,
+                    n_slots=spec.n_slots, backend_sampling=self.backend_sampling)
+            eng.kind = spec.kind
+            eng.guard_profile = spec.guard_profile
         except BaseException as e:
             fut.set_exception(e)
             fut.exception()  # mark retrieved: waiters re-raise it themselves

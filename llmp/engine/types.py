@@ -47,6 +47,9 @@ class GenerationRequest:
     # LoRA adapters applied to this request: (GGUF path, scale) pairs, loaded in the engine
     # (`Engine.load_adapters`); requests with different sets never share a decode step
     lora: tuple[tuple[str, float], ...] = ()
+    # scoring instead of generating (`Engine.score`): prefill the prompt, then return the
+    # log-probabilities (full-vocabulary log-softmax of the next-token logits) of these tokens
+    score_tokens: list[int] | None = None
 
 
 @dataclass
@@ -77,6 +80,7 @@ class Delta:
     finish_reason: str | None = None  # "stop" | "length" (| "tool_calls" set by the chat layer)
     usage: Usage | None = None
     ttft: float | None = None  # seconds from submit to first token (on the first delta)
+    scores: list[float] | None = None  # a scoring request's log-probabilities (final delta)
 
 
 @dataclass

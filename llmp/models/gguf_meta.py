@@ -67,10 +67,14 @@ class GGUFInfo:
     languages: list[str] = field(default_factory=list)
     source_repo: str | None = None  # the HF repo the GGUF was converted from (general.source.*)
     base_model_repo: str | None = None  # general.base_model.0 (what this model derives from)
+    pooling_type: int | None = None  # <arch>.pooling_type (llama.cpp: 1 mean, 2 cls, 3 last, 4 rank)
 
     @property
     def is_embedding(self) -> bool:
-        return self.architecture in EMBEDDING_ARCHITECTURES
+        # an embedding architecture, or any architecture declaring a pooling over its hidden
+        # states without a chat template (e.g. a llama-architecture embedding model)
+        return self.architecture in EMBEDDING_ARCHITECTURES or (
+            self.pooling_type in (1, 2, 3) and not self.chat_template)
 
     @property
     def handles_tools(self) -> bool:
@@ -198,7 +202,12 @@ def read(path: Path | str) -> GGUFInfo:
         source_repo=_hf_repo(_scalar(reader, "general.source.repo_url"))
         or _str(_scalar(reader, "general.source.huggingface.repository")),
         base_model_repo=_hf_repo(_scalar(reader, "general.base_model.0.repo_url")),
+        pooling_type=_int(_scalar(reader, f"{arch}.pooling_type")),
     )
+
+
+def _int(v: Any) -> int | None:
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
 
 
 def _str(v: Any) -> str | None:

@@ -12,6 +12,7 @@ and `<tool_call>` markers; any text, multi-byte UTF-8 included, round-trips. Pre
 from __future__ import annotations
 
 import collections
+import dataclasses
 import re
 import zlib
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ class Preset:
     n_ctx: int
     rope_base: float = 10000.0
     tied: bool = False
+    # embedding models: llama.cpp's pooling ("mean", "cls", "last"); None: a generative model
+    pooling: str | None = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -49,7 +52,17 @@ PRESETS: dict[str, Preset] = {
     # shapes of Llama-3.2-1B and Llama-3.1-8B (128k vocabulary)
     "1b": Preset("1b", 128256, 3000, 2048, 16, 32, 8, 8192, 131072, 500000.0, tied=True),
     "8b": Preset("8b", 128256, 3000, 4096, 32, 32, 8, 14336, 131072, 500000.0),
+    # an embedding model (llama architecture, mean pooling, no chat template): tests and
+    # benchmarks of /v1/embeddings; `synthesize(..., pooling=...)` picks another pooling
+    "embed": Preset("embed", 0, 1500, 256, 4, 4, 4, 768, 2048, tied=True, pooling="mean"),
 }
+
+#: GGUF metadata key: the model's embeddings may be truncated to their first k dimensions
+#: and renormalised (Matryoshka training), so /v1/embeddings accepts `dimensions` for it.
+#: GGUF has no standard key for this; llmp reads this one (the synthetic embedding preset
+#: sets it).
+MATRYOSHKA_KEY = "llmp.embedding.matryoshka"
+POOLING_TYPES = {"none": 0, "mean": 1, "cls": 2, "last": 3}
 
 _CORPUS = """
 The quick brown fox jumps over the lazy dog. A language model predicts the next token from
@@ -189,12 +202,19 @@ def _values(name: str, shape: tuple[int, ...], std: float, seed: int, dtype) -> 
 
 
 def synthesize(preset: str | Preset, output: Path | str, *, dtype: str = "f16", seed: int = 0,
-               name: str | None = None,
+               name: str | None = None, pooling: str | None = None,
+               truncatable: bool = True,
                progress: Callable[[int, int], None] | None = None) -> Path:
-    """Write a synthetic model to `output`; `progress(done_bytes, total_bytes)` is called as it goes."""
+    """Write a synthetic model to `output`; `progress(done_bytes, total_bytes)` is called as it goes.
+    Embedding presets: `pooling` overrides the preset's; `truncatable` marks the model as
+    accepting `dimensions` (MATRYOSHKA_KEY)."""
     from gguf import GGUFWriter, LlamaFileType
 
     p = PRESETS[preset] if isinstance(preset, str) else preset
+    if pooling is not None:
+        if pooling not in POOLING_TYPES or pooling == "none":
+            raise ValueError("pooling must be mean, cls or last")
+        p = dataclasses.replace(p, pooling=pooling)
     if dtype not in ("f16", "f32"):
         raise ValueError("dtype must be f16 or f32")
     np_dtype = np.float16 if dtype == "f16" else np.float32
@@ -229,7 +249,12 @@ def synthesize(preset: str | Preset, output: Path | str, *, dtype: str = "f16", 
     w.add_eot_token_id(special["<|im_end|>"])
     w.add_pad_token_id(special["<|endoftext|>"])
     w.add_add_bos_token(False)
-    w.add_chat_template(CHAT_TEMPLATE)
+    if p.pooling:  # an embedding model: pooled hidden states, no chat template
+        w.add_uint32("llama.pooling_type", POOLING_TYPES[p.pooling])
+        if truncatable:
+            w.add_bool(MATRYOSHKA_KEY, True)
+    else:
+        w.add_chat_template(CHAT_TEMPLATE)
 
     plan = _tensor_plan(p, n_vocab)
     total = 0

@@ -19,7 +19,7 @@ KEY_PERMISSIONS = ("inference", "models.read", "files.read", "files.write", "bat
                    "batches.write", "fine_tuning.read", "fine_tuning.write", "moderation",
                    "usage.read", "webhooks", "admin")
 TIER_NAMES = ("free", "pro", "enterprise")
-BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
+BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 Permission = Annotated[StrictStr, WithJsonSchema({"type": "string", "enum": list(KEY_PERMISSIONS)})]
 Count = number(1, MAX_COUNT, integer=True)
@@ -109,6 +109,12 @@ class CompletionLineShape(_LineBody):
     """As `ChatLineShape`, for /v1/completions."""
 
     prompt: StrictStr | Annotated[list, Field(min_length=1)]
+
+
+class EmbeddingLineShape(_LineBody):
+    """As `ChatLineShape`, for /v1/embeddings (values checked by `EmbeddingRequest`)."""
+
+    input: StrictStr | Annotated[list, Field(min_length=1)]
 
 
 @endpoint("POST /v1/webhooks", summary="Create a webhook endpoint")

@@ -24,7 +24,8 @@ from llmp.server.state import (ADAPTERS, DB, EVENTS, IN_FLIGHT, LIMITER, METRICS
 from llmp.services.limits import Limiter
 from llmp.services.models import resolver
 
-ROUTE_MODULES = ["health", "openapi", "keys", "models", "inference", "usage", "files", "batches", "webhooks"]
+ROUTE_MODULES = ["health", "openapi", "keys", "models", "inference", "usage", "files", "batches",
+                 "webhooks", "embeddings", "moderations"]
 
 def create_app(settings: Settings, *, pool: ModelPool | None = None,
                adapters: dict[str, dict] | None = None) -> web.Application:

@@ -50,8 +50,8 @@ from llmp.events import Bus
 from llmp.ids import new_id
 from llmp.protocol.base import parse, parse_json
 from llmp.protocol.resources import (BATCH_ENDPOINTS, ChatLineShape, CompletionLineShape,
-                                     CreateBatchRequest)
-from llmp.services import inference
+                                     CreateBatchRequest, EmbeddingLineShape)
+from llmp.services import embeddings, inference
 from llmp.services import keys as keys_service
 from llmp.services import usage as usage_service
 from llmp.services.files import FileStore, Upload
@@ -63,12 +63,14 @@ log = logging.getLogger(__name__)
 ENDPOINTS: dict[str, Callable[..., Any]] = {
     "/v1/chat/completions": inference.chat_completion,
     "/v1/completions": inference.completion,
+    "/v1/embeddings": embeddings.embeddings,
 }
 # endpoint -> its two-step form (validate and tokenize, then run), so that a line is admitted
 # against its key's limits in between, as an HTTP request is
 PREPARE: dict[str, Callable[..., Any]] = {
     "/v1/chat/completions": inference.prepare_chat,
     "/v1/completions": inference.prepare_completion,
+    "/v1/embeddings": embeddings.prepare_embeddings,
 }
 #: the longest a line waits for its key's rate limits before trying again (pacing)
 MAX_PACE_WAIT_S = 5.0
@@ -116,7 +118,8 @@ def _error(code: str, message: str, line: int | None, param: str | None = None) 
 
 #: endpoint -> the shape its line bodies must have (values: the endpoint's request model,
 #: `inference.ChatCompletionRequest` ..., when the line runs)
-LINE_SHAPES = {"/v1/chat/completions": ChatLineShape, "/v1/completions": CompletionLineShape}
+LINE_SHAPES = {"/v1/chat/completions": ChatLineShape, "/v1/completions": CompletionLineShape,
+               "/v1/embeddings": EmbeddingLineShape}
 assert tuple(ENDPOINTS) == tuple(LINE_SHAPES) == BATCH_ENDPOINTS
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 from llmp import __version__
+from llmp import backends
 from llmp.engine.tools import ToolCallParser
 from llmp.engine.types import (Delta, GenerationRequest, Priority, SamplingParams, TokenLogprob,
                                Usage)
@@ -374,6 +375,7 @@ async def prepare_chat(pool, body: dict | ChatCompletionRequest, *,
                                  logprobs=(req.top_logprobs or 0) if want_lp else None)
     tools, functions = req.tool_dicts(), req.function_dicts()
     engine = await pool.get(req.model)
+    backends.require(engine, "generate")
     _check_token_ids(engine, params)
     messages = req.message_dicts()
     _precheck_size(engine, sum(_text_size(m) for m in messages), "messages")
@@ -441,6 +443,7 @@ async def prepare_completion(pool, body: dict | CompletionRequest, *,
     params = req.sampling_params(max_tokens=max_tokens, logprobs=lp)
     echo = bool(req.echo)
     engine = await pool.get(req.model)
+    backends.require(engine, "generate")
     _check_token_ids(engine, params)
     _precheck_size(engine, max((len(p) for p in prompts if isinstance(p, str)), default=0),
                    "prompt")

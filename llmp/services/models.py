@@ -27,9 +27,19 @@ def resolver(db, extra: dict[str, dict] | None = None) -> Callable[[str], ModelS
             return ModelSpec(id=base["id"], path=base["path"],
                              lora=[(m["path"], 1.0 if scale is None else float(scale))],
                              served_as=m["id"])
-        return ModelSpec(id=m["id"], path=m["path"])
+        return ModelSpec(id=m["id"], path=m["path"], kind=kind_of(m),
+                         guard_profile=m.get("guard_profile"))
 
     return resolve
+
+
+def kind_of(m: dict) -> str:
+    """The backend kind a registered model is served as: "embed" for the `embedding`
+    category, "guard" for a model with a guard profile (`llmp models set-guard`), else
+    "generate"."""
+    if m.get("category") == "embedding":
+        return "embed"
+    return "guard" if m.get("guard_profile") else "generate"
 
 
 def serve_adapters(db, settings, specs: list[str], base: str | None) -> dict[str, dict]:
