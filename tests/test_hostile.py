@@ -159,6 +159,30 @@ def test_non_ascii_authorization_is_401(server):
     assert_error(resp, 401, "authentication_error", "invalid_api_key")
 
 
+@pytest.mark.parametrize("raw", [b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: \x00\r\n\r\n",
+                                 b"GET /v1/models HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+                                 b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\n\r\n"],
+                         ids=["nul-header", "no-colon", "long-line"])
+def test_malformed_http_is_answered_in_the_error_format(server, raw):
+    """Requests aiohttp cannot parse never reach the app: its own answer is in the spec's
+    format too, and the server stays up."""
+    import socket
+
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(raw)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:])
+    assert_error((status, headers, json.loads(body)), status, "invalid_request_error",
+                 "invalid_http_request")
+    assert 400 <= status < 500
+    assert server.request("GET", "/health", key=None)[0] == 200
+
+
 def test_budget_is_never_stored_as_infinity(server):
     st, _, body = server.request("POST", "/v1/auth/api-keys", data=b'{"name": "k", "limits": '
                                  b'{"monthly_budget": 1e308}}',

@@ -130,17 +130,29 @@ class CreateWebhookRequest(RequestModel):
 class UploadForm(RequestModel):
     """POST /v1/files (multipart/form-data; `file` is the binary part)."""
 
-    purpose: StrictStr
+    purpose: Literal["batch", "fine-tune"]
 
 
-@endpoint("GET /v1/files", "GET /v1/batches", "GET /v1/webhooks/{webhook_id}/deliveries",
-          where="query")
+@endpoint("GET /v1/batches", "GET /v1/webhooks/{webhook_id}/deliveries", where="query")
 class ListQuery(RequestModel):
-    """?after=&limit=&order= of the list endpoints."""
+    """?after=&limit= of the cursor-paged lists (20 a page by default)."""
 
     after: StrictStr | None = None
-    limit: int | None = None
+    limit: number(1, 100, integer=True) | None = None  # type: ignore[valid-type]
+
+
+#: what GET /v1/files?purpose= may name: uploads and the server's own outputs
+FILE_PURPOSES = ("batch", "fine-tune", "batch_output", "fine-tune-results")
+
+
+@endpoint("GET /v1/files", where="query")
+class FileListQuery(RequestModel):
+    """GET /v1/files?purpose=&order=&after=&limit= (every file by default)."""
+
+    after: StrictStr | None = None
+    limit: number(1, 10_000, integer=True) | None = None  # type: ignore[valid-type]
     order: Literal["asc", "desc"] | None = None
+    purpose: Literal[FILE_PURPOSES] | None = None  # type: ignore[valid-type]
 
 
 @endpoint("GET /v1/usage", where="query", summary="Usage report")
@@ -152,4 +164,4 @@ class UsageQuery(RequestModel):
     granularity: Literal["day", "hour"] = "day"
     model: StrictStr | None = None
     key_id: StrictStr | None = None
-    group_by: StrictStr | None = None
+    group_by: Literal["model", "key"] = "model"

@@ -6,7 +6,10 @@ import contextlib
 import logging
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
+from llmp.errors import InvalidRequestError
+from llmp.ids import new_id
 from llmp.server.middleware import end_partial_bodies
 from llmp.server.state import IN_FLIGHT, SHUTDOWN
 
@@ -14,6 +17,35 @@ log = logging.getLogger("llmp.server")
 
 #: seconds in-flight requests get to finish on shutdown
 SHUTDOWN_TIMEOUT = 30.0
+
+
+class _Connection(RequestHandler):
+    """aiohttp's connection handler, whose own error answers (a request line or headers it
+    cannot parse never reach the app's middleware) are in the spec's error format and logged
+    as one line: a malformed request is the client's error, not a traceback in the log."""
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        if request.writer.output_size > 0:
+            raise ConnectionError("Response is sent already, cannot send another response "
+                                  "with the error message")
+        rid = new_id("req")
+        detail = (message or (str(exc) if exc else "") or "bad request").splitlines()[0][:200]
+        log.info("malformed HTTP request from %s (%s): %s %s", request.remote, rid, status,
+                 detail)
+        err = InvalidRequestError(f"The HTTP request could not be parsed ({detail})",
+                                  code="invalid_http_request")
+        resp = web.json_response({"error": err.to_dict(), "request_id": rid}, status=status,
+                                 headers={"x-request-id": rid})
+        resp.force_close()
+        return resp
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _Connection(self, loop=self._loop, **self._kwargs)
 
 
 async def start(app: web.Application, host: str, port: int, *,
@@ -26,6 +58,7 @@ async def start(app: web.Application, host: str, port: int, *,
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=shutdown_timeout,
                            access_log=None)
     await runner.setup()
+    runner.server.__class__ = _Server  # its connections answer malformed HTTP as above
     site = web.TCPSite(runner, host, port)
     await site.start()
     bound = runner.addresses[0][1] if runner.addresses else port
