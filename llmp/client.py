@@ -1,23 +1,30 @@
-"""The CLI's HTTP client of a running llmp server (as docker's CLI is of its daemon).
+"""The one HTTP client of a running llmp server, for the CLI, the TUI and `llmp bench` (as
+docker's CLI is a client of its daemon): `Client` (sync) and `AsyncClient`, on httpx, with one
+SSE parser (`iter_sse` / `aiter_sse`).
 
-Base URL: `LLMP_URL`, else `http://<settings.host>:<settings.port>`; key: `LLMP_API_KEY`, else
-`settings.admin_key` (LLMP_ADMIN_KEY), else the bootstrap key saved at `$LLMP_HOME/admin_key`.
+Which server: the `url` given (the CLI's `--url`), else `LLMP_URL`, else the running server
+recorded in `$LLMP_HOME/server.json` by `llmp serve` (a stale entry is ignored and removed),
+else `http://<settings.host>:<settings.port>`. Which key: the `api_key` given (`--api-key`),
+else `LLMP_API_KEY`, else `settings.admin_key` (LLMP_ADMIN_KEY), else the bootstrap key
+saved at `$LLMP_HOME/admin_key`.
+
 Errors come back as the typed `LlmpError`s the server rendered; nothing listening gives a
-clear "start one with `llmp serve`" error.
+clear "start one with `llmp serve`" error naming where the URL came from.
 """
 from __future__ import annotations
 
 import json
 import os
-import socket
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 
-from llmp import errors
+try:  # huggingface_hub and openai bring httpx2 (httpx's API under a new name) or httpx
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover
+    import httpx  # type: ignore[no-redef]
+
+from llmp import discovery, errors
 from llmp.config import Settings, load_settings
 
 _BY_TYPE: dict[str, type[errors.LlmpError]] = {
@@ -31,14 +38,39 @@ _BY_TYPE: dict[str, type[errors.LlmpError]] = {
     "service_unavailable_error": errors.ServiceUnavailableError,
 }
 
+#: seconds to wait for a connection (the read timeout is the client's `timeout`)
+CONNECT_TIMEOUT = 10.0
+
 
 class ServerUnreachableError(errors.ServiceUnavailableError):
     code = "server_unreachable"
 
 
+def connectable(host: str) -> str:
+    """A host to connect to for a server listening on `host` (any-address -> loopback)."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def resolve_url(settings: Settings, url: str | None = None) -> tuple[str, str]:
+    """The server's base URL and where it came from ("--url", "LLMP_URL", the server file,
+    or "default")."""
+    if url:
+        return url, "--url"
+    env = os.environ.get("LLMP_URL")
+    if env:
+        return env, "LLMP_URL"
+    entry = discovery.find(settings.home)
+    if entry is not None:
+        return entry["url"], str(discovery.server_file(settings.home))
+    return f"http://{connectable(settings.host)}:{settings.port}", "default"
+
+
 def default_url(settings: Settings) -> str:
-    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    return os.environ.get("LLMP_URL") or f"http://{host}:{settings.port}"
+    return resolve_url(settings)[0]
 
 
 def default_key(settings: Settings) -> str | None:
@@ -63,6 +95,81 @@ def decode_error(status: int, raw: bytes) -> errors.LlmpError:
     return e
 
 
+# --------------------------------------------------------------------------- SSE
+def _event_data(data_lines: list[str]) -> Any:
+    """One event's JSON (None for [DONE]); an in-band error event raises it."""
+    data = "\n".join(data_lines)
+    if data.strip() == "[DONE]":
+        return None
+    event = json.loads(data)
+    if isinstance(event, dict) and "error" in event and "choices" not in event:
+        raise decode_error(500, data.encode())
+    return event
+
+
+class _Done(Exception):
+    pass
+
+
+def _feed(line: str | bytes, buf: list[str]) -> Any:
+    """Feed one line to the SSE parser state `buf`; returns an event's JSON when a blank line
+    ends one (`_Done` at [DONE]), else `_NOTHING`."""
+    if isinstance(line, bytes):
+        line = line.decode("utf-8")
+    line = line.rstrip("\r\n")
+    if not line:
+        if not buf:
+            return _NOTHING
+        data = buf[:]
+        buf.clear()
+        event = _event_data(data)
+        if event is None:
+            raise _Done
+        return event
+    if line.startswith(":"):
+        return _NOTHING  # a comment (keep-alive)
+    name, _, value = line.partition(":")
+    if name == "data":
+        buf.append(value[1:] if value.startswith(" ") else value)
+    return _NOTHING
+
+
+_NOTHING = object()
+
+
+def iter_sse(lines: Iterable[str | bytes]) -> Iterator[Any]:
+    """The JSON of each `data:` event of an SSE stream, up to `data: [DONE]`."""
+    buf: list[str] = []
+    try:
+        for line in lines:
+            ev = _feed(line, buf)
+            if ev is not _NOTHING:
+                yield ev
+        if buf:
+            ev = _event_data(buf)
+            if ev is not None:
+                yield ev
+    except _Done:
+        return
+
+
+async def aiter_sse(lines: AsyncIterable[str | bytes]) -> AsyncIterator[Any]:
+    """`iter_sse` over an async line iterator."""
+    buf: list[str] = []
+    try:
+        async for line in lines:
+            ev = _feed(line, buf)
+            if ev is not _NOTHING:
+                yield ev
+        if buf:
+            ev = _event_data(buf)
+            if ev is not None:
+                yield ev
+    except _Done:
+        return
+
+
+# --------------------------------------------------------------------------- uploads
 #: bytes read from disk at a time when streaming an upload
 CHUNK = 1 << 20
 
@@ -110,78 +217,179 @@ def _multipart(fields: dict[str, Any], progress: Progress | None = None,
     return chunks(), length, f"multipart/form-data; boundary={boundary}"
 
 
-class Client:
+# --------------------------------------------------------------------------- clients
+class _Base:
     def __init__(self, url: str | None = None, api_key: str | None = None, *,
                  settings: Settings | None = None, timeout: float = 600.0):
         settings = settings or load_settings()
-        self.url = (url or default_url(settings)).rstrip("/")
+        raw, self.url_source = resolve_url(settings, url)
+        self.url = raw.rstrip("/")
         if self.url.endswith("/v1"):
             self.url = self.url[:-3]
-        parts = urllib.parse.urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise errors.ConfigError(f"{self.url!r} is not a server URL: set LLMP_URL to one like "
+        parts = httpx.URL(self.url) if "://" in self.url else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.host:
+            flag = "--url" if self.url_source == "--url" else "LLMP_URL (or --url)"
+            raise errors.ConfigError(f"{self.url!r} is not a server URL: set {flag} to one like "
                                      "http://127.0.0.1:8000")
         self.api_key = api_key or default_key(settings)
-        self.timeout = timeout
+        self.timeout = httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout))
 
-    def _open(self, method: str, path: str, *, json_body: Any = None,
-              params: dict | None = None, files: dict | None = None,
-              progress: Progress | None = None):
-        url = self.url + path
-        if params:
-            url += "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+    def _headers(self, json_body: Any, files: dict | None,
+                 progress: Progress | None) -> tuple[dict[str, str], Any]:
         headers = {"Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        data = None
+        content: Any = None
         if files is not None:
-            data, length, headers["Content-Type"] = _multipart(files, progress)
+            content, length, headers["Content-Type"] = _multipart(files, progress)
             headers["Content-Length"] = str(length)
         elif json_body is not None:
-            data = json.dumps(json_body).encode()
+            content = json.dumps(json_body).encode()
             headers["Content-Type"] = "application/json"
-        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        return headers, content
+
+    @staticmethod
+    def _params(params: dict | None) -> dict | None:
+        return {k: v for k, v in params.items() if v is not None} if params else None
+
+    def _unreachable(self, e: Exception) -> ServerUnreachableError:
+        where = {"--url": "", "LLMP_URL": " (from LLMP_URL)", "default": ""}.get(
+            self.url_source, f" (from {self.url_source})")
+        reason = str(e) or type(e).__name__
+        return ServerUnreachableError(
+            f"no llmp server at {self.url}{where} ({reason}): start one with `llmp serve`, "
+            "or point --url (or LLMP_URL) at a running one")
+
+    @staticmethod
+    def _decode(resp: httpx.Response) -> Any:
+        if "json" in (resp.headers.get("Content-Type") or ""):
+            return json.loads(resp.content) if resp.content else None
+        return resp.content
+
+
+class Client(_Base):
+    """Sync client: `request(...)` returns the decoded JSON (bytes for other bodies), or with
+    `stream=True` an iterator over the SSE events' JSON objects."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._http: httpx.Client | None = None
+
+    @property
+    def http(self) -> httpx.Client:
+        if self._http is None:
+            self._http = httpx.Client(timeout=self.timeout)
+        return self._http
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _send(self, method: str, path: str, *, json_body: Any = None,
+              params: dict | None = None, files: dict | None = None,
+              progress: Progress | None = None) -> httpx.Response:
+        headers, content = self._headers(json_body, files, progress)
+        req = self.http.build_request(method, self.url + path, params=self._params(params),
+                                      headers=headers, content=content)
         try:
-            return urllib.request.urlopen(req, timeout=self.timeout)
-        except urllib.error.HTTPError as e:
-            raise decode_error(e.code, e.read()) from None
-        except (urllib.error.URLError, ConnectionError, socket.timeout) as e:
-            reason = getattr(e, "reason", e)
-            raise ServerUnreachableError(
-                f"no llmp server at {self.url} ({reason}): start one with `llmp serve`, "
-                "or point LLMP_URL at a running one") from None
+            resp = self.http.send(req, stream=True)
+        except (httpx.TransportError, OSError) as e:
+            raise self._unreachable(e) from None
+        if resp.status_code >= 400:
+            try:
+                raw = resp.read()
+            finally:
+                resp.close()
+            raise decode_error(resp.status_code, raw)
+        return resp
 
     def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
                 files: dict | None = None, stream: bool = False,
                 progress: Progress | None = None) -> Any:
-        """Call the API; returns the decoded JSON body (bytes for non-JSON bodies), or with
-        `stream=True` an iterator over the SSE events' JSON objects. `files` values may be
-        (filename, Path): the file is streamed from disk, reported to `progress`."""
-        resp = self._open(method, path, json_body=json, params=params, files=files,
+        """Call the API. `files` values may be (filename, Path): the file is streamed from
+        disk, reported to `progress`."""
+        resp = self._send(method, path, json_body=json, params=params, files=files,
                           progress=progress)
         if stream:
             return self._events(resp)
-        with resp:
-            raw = resp.read()
-            if "json" in (resp.headers.get("Content-Type") or ""):
-                return _json_loads(raw)
-            return raw
+        try:
+            resp.read()
+        except httpx.TransportError as e:
+            raise self._unreachable(e) from None
+        finally:
+            resp.close()
+        return self._decode(resp)
 
-    @staticmethod
-    def _events(resp) -> Iterator[dict]:
-        with resp:
-            for line in resp:
-                line = line.strip()
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    return
-                event = _json_loads(data)
-                if isinstance(event, dict) and "error" in event and "choices" not in event:
-                    raise decode_error(500, data)
+    def _events(self, resp: httpx.Response) -> Iterator[Any]:
+        try:
+            yield from iter_sse(resp.iter_lines())
+        except httpx.TransportError as e:
+            raise self._unreachable(e) from None
+        finally:
+            resp.close()
+
+
+class AsyncClient(_Base):
+    """Async client (the TUI, `llmp bench`): `await request(...)`, or `stream(...)` as an
+    async iterator over the SSE events' JSON objects."""
+
+    def __init__(self, *args: Any, http: httpx.AsyncClient | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._own = http is None
+        self.http = http or httpx.AsyncClient(timeout=self.timeout)
+
+    async def aclose(self) -> None:
+        if self._own:
+            await self.http.aclose()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def _send(self, method: str, path: str, json_body: Any, params: dict | None
+                    ) -> httpx.Response:
+        headers, content = self._headers(json_body, None, None)
+        req = self.http.build_request(method, self.url + path, params=self._params(params),
+                                      headers=headers, content=content)
+        try:
+            resp = await self.http.send(req, stream=True)
+        except (httpx.TransportError, OSError) as e:
+            raise self._unreachable(e) from None
+        if resp.status_code >= 400:
+            try:
+                raw = await resp.aread()
+            finally:
+                await resp.aclose()
+            raise decode_error(resp.status_code, raw)
+        return resp
+
+    async def request(self, method: str, path: str, *, json: Any = None,
+                      params: dict | None = None) -> Any:
+        resp = await self._send(method, path, json, params)
+        try:
+            await resp.aread()
+        except httpx.TransportError as e:
+            raise self._unreachable(e) from None
+        finally:
+            await resp.aclose()
+        return self._decode(resp)
+
+    async def stream(self, method: str, path: str, *, json: Any = None,
+                     params: dict | None = None) -> AsyncIterator[Any]:
+        resp = await self._send(method, path, json, params)
+        try:
+            async for event in aiter_sse(resp.aiter_lines()):
                 yield event
-
-
-def _json_loads(raw: bytes) -> Any:
-    return json.loads(raw) if raw else None
+        except httpx.TransportError as e:
+            raise self._unreachable(e) from None
+        finally:
+            await resp.aclose()

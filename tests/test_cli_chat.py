@@ -4,6 +4,7 @@ from __future__ import annotations
 from llmp.db import chat as db_chat
 from llmp.db import open_home
 from llmp.config import load_settings
+from llmp.server.state import POOL
 
 
 def test_chat_session(server, cli, monkeypatch, tmp_path):
@@ -24,7 +25,7 @@ def test_chat_session(server, cli, monkeypatch, tmp_path):
     session = db_chat.latest_session(db)
     assert [m["role"] for m in db_chat.messages(db, session["id"])] == ["user", "assistant"] * 2
     r = cli("chat", "--resume", input="/clear\n")
-    assert r.exit_code == 0 and "Resuming" in r.stdout
+    assert r.exit_code == 0 and "Resuming" in r.stderr  # piped: stdout holds replies only
     assert db_chat.messages(db, session["id"]) == []
 
 
@@ -42,3 +43,19 @@ def test_chat_unknown_model(server, cli, monkeypatch):
     assert r.exit_code != 0 and "'nope' not found" in r.stderr
     assert "Chatting with" not in r.stdout and "Traceback" not in r.stderr
     assert db_chat.latest_session(open_home(load_settings())) is None
+
+
+def test_chat_piped_is_clean_and_uses_the_loaded_model(server, cli, monkeypatch):
+    """Piped: no prompts, each reply on its own line(s) on stdout, the banner on stderr; the
+    default model is the one the server has loaded; a first MESSAGE argument is sent."""
+    monkeypatch.setenv("LLMP_URL", server.url)
+    monkeypatch.setenv("LLMP_API_KEY", server.admin_key)
+    server.run(server.app[POOL].get("tiny"))
+    r = cli("chat", "first", "--max-tokens", "16", input="")
+    assert r.exit_code == 0, r.stderr
+    assert "Chatting with tiny" in r.stderr and ">>>" not in r.stdout
+    assert "Chatting" not in r.stdout and r.stdout.endswith("\n")
+    session = db_chat.latest_session(open_home(load_settings()))
+    replies = [m["content"] for m in db_chat.messages(open_home(load_settings()), session["id"])
+               if m["role"] == "assistant"]
+    assert len(replies) == 1 and r.stdout == "".join(f"{t}\n" for t in replies)

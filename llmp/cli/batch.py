@@ -11,7 +11,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from llmp.cli.files import upload_file
-from llmp.cli.ui import JsonOpt, console, err_console, print_json, print_rows, when
+from llmp.cli.ui import client as api_client
+from llmp.cli.ui import (ApiKeyOpt, JsonOpt, UrlOpt, console, err_console, print_json,
+                         print_rows, when)
 from llmp.client import Client
 from llmp.errors import InvalidRequestError, LlmpError, NotFoundError
 from llmp.services.batches import ENDPOINTS, read_lines, validate_lines
@@ -93,6 +95,8 @@ def submit(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Results file for "
                                                    "--wait (default: <file>.results.jsonl).")] = None,
     json_out: JsonOpt = False,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Validate FILE locally, upload it and create a batch."""
     if not path.is_file():
@@ -102,7 +106,7 @@ def submit(
         raise InvalidRequestError(f"cannot write the results to {out}: no directory "
                                   f"{out.parent}", param="output")
     endpoint = endpoint or _endpoint_of(path)
-    client = Client()
+    client = api_client()
     v = validate_lines(read_lines(path), endpoint, known_model=_model_served(client))
     if not v.ok:
         for e in v.errors:
@@ -132,20 +136,23 @@ def submit(
 
 @app.command("list")
 def list_(limit: Annotated[int, typer.Option(help="At most this many (newest first).")] = 20,
-          json_out: JsonOpt = False) -> None:
+          json_out: JsonOpt = False,
+    url: UrlOpt = None, api_key: ApiKeyOpt = None) -> None:
     """List batches, newest first."""
-    rows = Client().request("GET", "/v1/batches", params={"limit": limit})["data"]
+    rows = api_client().request("GET", "/v1/batches", params={"limit": limit})["data"]
     print_rows(rows, json_out, ("id", "status", "endpoint", "completed", "failed", "total", "created"),
                lambda b: (b["id"], b["status"], b["endpoint"], str(b["request_counts"]["completed"]),
                           str(b["request_counts"]["failed"]), str(b["request_counts"]["total"]),
-                          when(b["created_at"])))
+                          when(b["created_at"])),
+               empty="No batches yet: `llmp batch submit FILE.jsonl`.")
 
 
 @app.command()
 def status(batch_id: Annotated[str, typer.Argument(help="The batch's id (batch_...).")],
-           json_out: JsonOpt = False) -> None:
+           json_out: JsonOpt = False,
+    url: UrlOpt = None, api_key: ApiKeyOpt = None) -> None:
     """A batch's status, counts, timestamps and validation errors."""
-    b = Client().request("GET", f"/v1/batches/{batch_id}")
+    b = api_client().request("GET", f"/v1/batches/{batch_id}")
     if json_out:
         print_json(b)
         return
@@ -160,21 +167,44 @@ def status(batch_id: Annotated[str, typer.Argument(help="The batch's id (batch_.
 
 
 @app.command()
-def results(batch_id: Annotated[str, typer.Argument(help="The batch's id (batch_...).")],
-            output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to "
-                                                           "write them (default: <batch>.results.jsonl).")] = None) -> None:
-    """Write a finished batch's results (output then error lines) to a file."""
-    client = Client()
+def results(
+    batch_id: Annotated[str, typer.Argument(metavar="BATCH_ID", help="The batch's id (batch_...).")],
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", metavar="PATH",
+        help="Where to write them (default: <batch>.results.jsonl).")] = None,
+    url: UrlOpt = None, api_key: ApiKeyOpt = None,
+) -> None:
+    """Write a finished batch's results (output then error lines) to a file. A batch that
+    failed says so, shows its errors and exits non-zero.
+
+    Example:
+
+      llmp batch results batch_abc123 -o results.jsonl
+    """
+    client = api_client()
     b = client.request("GET", f"/v1/batches/{batch_id}")
     if b["status"] not in FINAL:
         raise InvalidRequestError(f"batch {batch_id} is {b['status']}; results come when it ends "
                                   f"(`llmp batch status {batch_id}`)")
     out = output or Path(f"{batch_id}.results.jsonl")
-    console.print(f"Wrote {_results(client, b, out)} results to {out}")
+    if not b["output_file_id"] and not b["error_file_id"]:
+        _summary(b)
+        if b["status"] == "failed":
+            raise LlmpError(f"batch {batch_id} failed with no results (errors above); nothing "
+                            "was written")
+        console.print(f"Batch {batch_id} is {b['status']} with no results; nothing was written.")
+        return
+    n = _results(client, b, out)
+    if b["status"] == "failed":
+        _summary(b)
+        console.print(f"Wrote {n} results to {out}")
+        raise LlmpError(f"batch {batch_id} failed")
+    console.print(f"Wrote {n} results to {out}")
 
 
 @app.command()
-def cancel(batch_id: Annotated[str, typer.Argument(help="The batch's id (batch_...).")]) -> None:
+def cancel(batch_id: Annotated[str, typer.Argument(help="The batch's id (batch_...).")],
+    url: UrlOpt = None, api_key: ApiKeyOpt = None) -> None:
     """Cancel a batch: finished lines are kept, the rest are reported cancelled."""
-    b = Client().request("POST", f"/v1/batches/{batch_id}/cancel")
+    b = api_client().request("POST", f"/v1/batches/{batch_id}/cancel")
     console.print(f"{b['id']}: {b['status']}")

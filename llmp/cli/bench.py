@@ -288,7 +288,8 @@ def bench(
     concurrency: Annotated[str, typer.Option(help="Comma-separated concurrency levels.")] = "1,4,16,64",
     prompt_tokens: Annotated[int, typer.Option(help="Prompt length of every request.")] = 128,
     gen_tokens: Annotated[int, typer.Option(help="Tokens generated per request (EOS ignored).")] = 128,
-    requests: Annotated[int, typer.Option(help="Requests per level (default: the concurrency, at least 4).")] = 0,
+    requests: Annotated[int, typer.Option(
+        show_default=False, help="Requests per level (default: the concurrency, at least 4).")] = 0,
     baseline: Annotated[bool, typer.Option(help="Also run serialized llama-cpp-python Llama.")] = True,
     url: Annotated[Optional[str], typer.Option(help="Also load an OpenAI-compatible server at this base URL.")] = None,
     url_model: Annotated[Optional[str], typer.Option(help="Model name to send to --url.")] = None,
@@ -296,13 +297,20 @@ def bench(
     backend_sampling: Annotated[Optional[bool], typer.Option(
         "--backend-sampling/--cpu-sampling", help="Force sampling in the decode graph or on the CPU (default: GPU only).")] = None,
     adapters: Annotated[int, typer.Option(
-        "--adapters", help="Measure LoRA serving: the streams spread over K adapters against "
+        "--adapters", metavar="K", help="Measure LoRA serving: the streams spread over K adapters against "
         "the same streams on the base alone.")] = 0,
     adapter_rank: Annotated[int, typer.Option(
         help="Rank of the random adapters made when the model has fewer than K.")] = 16,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Measure generated tokens/s and time to first token at several concurrency levels."""
+    """Measure generated tokens/s and time to first token at several concurrency levels.
+
+    Examples:
+
+      llmp bench --preset tiny --concurrency 1,4 --gen-tokens 32
+
+      llmp bench -m qwen2.5-0.5b-instruct:q4_k_m --no-baseline --json
+    """
     try:
         levels = sorted({int(x) for x in concurrency.split(",") if x.strip()})
     except ValueError:

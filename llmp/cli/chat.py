@@ -1,20 +1,24 @@
 """`llmp chat`: an interactive chat with a model of the running server, streamed as markdown.
 
-Input: end a line with `\\` to continue on the next one, or wrap a block in `\"\"\"` lines.
+Input: end a line with `\\` to continue on the next one, or wrap a block in `\"\"\"` lines;
+line editing and history (up arrow; kept in $LLMP_HOME/chat_history) through readline.
 Ctrl-C stops the reply being streamed (the session goes on); Ctrl-D or /exit leaves.
-History is kept in the home's SQLite database: `llmp chat --resume` continues the last chat.
+Conversations are kept in the home's SQLite database: `llmp chat --resume` continues the last.
+Piped (stdin not a terminal): no prompts, replies as plain text one after another on stdout,
+the banner on stderr.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 from rich.live import Live
 from rich.markdown import Markdown
 from rich.markup import escape
 
-from llmp.cli.ui import console
+from llmp.cli.ui import ApiKeyOpt, UrlOpt, client as api_client, console, err_console
 from llmp.client import Client
 from llmp.config import load_settings
 from llmp.db import open_home
@@ -31,26 +35,76 @@ HELP = """Commands:
 Multi-line input: end a line with \\ or wrap a block in \"\"\" lines. Ctrl-C stops a reply."""
 
 
-def _read_message() -> str:
+def interactive() -> bool:
+    """True when a person types (stdin is a terminal): prompts, line editing, markdown."""
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _line_editing(history: Path) -> Callable[[], None]:
+    """Turn on readline's line editing and history for input(); returns a function that
+    saves the history. Nothing when readline is missing (e.g. Windows)."""
+    try:
+        import readline
+    except ImportError:  # pragma: no cover
+        return lambda: None
+    readline.set_history_length(1000)
+    try:
+        readline.read_history_file(history)
+    except OSError:
+        pass
+
+    def save() -> None:
+        try:
+            readline.write_history_file(history)
+            history.chmod(0o600)
+        except OSError:
+            pass
+    return save
+
+
+def _read_message(prompts: bool = True) -> str:
     """One user message (multi-line aware); raises EOFError at the end of input."""
-    first = input(">>> ")
-    if first.strip() == '"""':
+    first, more = (">>> ", "... ") if prompts else ("", "")
+    first_line = input(first)
+    if first_line.strip() == '"""':
         lines = []
-        while (line := input("... ")).strip() != '"""':
+        while (line := input(more)).strip() != '"""':
             lines.append(line)
         return "\n".join(lines)
-    lines = [first]
+    lines = [first_line]
     while lines[-1].endswith("\\"):
         lines[-1] = lines[-1][:-1]
-        lines.append(input("... "))
+        lines.append(input(more))
     return "\n".join(lines)
 
 
+#: `--max-tokens` of this chat (None: up to the model's context)
+MAX_TOKENS: dict[str, int | None] = {"value": None}
+
+
 def _stream_reply(client: Client, model: str, messages: list[dict]) -> str:
-    """Stream a reply, rendering markdown live; Ctrl-C stops it and keeps what came."""
+    """Stream a reply, rendering markdown live on a terminal (plain text otherwise, ending
+    with a newline); Ctrl-C stops it and keeps what came."""
     text = ""
-    events = client.request("POST", "/v1/chat/completions", stream=True,
-                            json={"model": model, "messages": messages, "stream": True})
+    body = {"model": model, "messages": messages, "stream": True}
+    if MAX_TOKENS["value"]:
+        body["max_tokens"] = MAX_TOKENS["value"]
+    events = client.request("POST", "/v1/chat/completions", stream=True, json=body)
+    if not (console.is_terminal and interactive()):
+        try:
+            for event in events:
+                for choice in event.get("choices", []):
+                    piece = choice.get("delta", {}).get("content") or ""
+                    text += piece
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+        finally:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        return text
     try:
         with Live(Markdown(""), console=console, refresh_per_second=12,
                   vertical_overflow="visible") as live:
@@ -62,6 +116,21 @@ def _stream_reply(client: Client, model: str, messages: list[dict]) -> str:
         events.close()
         console.print("[dim](stopped)[/dim]")
     return text
+
+
+def served_model(client: Client) -> str | None:
+    """The model the server serves: the first loaded one (what `llmp serve -m` preloads),
+    else the first registered one."""
+    try:
+        health = client.request("GET", "/health")
+        loaded = [m["id"] for m in health.get("models") or [] if m.get("state") == "loaded"]
+        loaded += list(health.get("loading") or [])
+        if loaded:
+            return loaded[0]
+    except LlmpError:
+        pass  # /health answers 503 while loading or stopping: fall back to the list
+    served = client.request("GET", "/v1/models")["data"]
+    return served[0]["id"] if served else None
 
 
 def _reply_fitting_context(client: Client, session: dict, history: list[dict]) -> str:
@@ -77,7 +146,7 @@ def _reply_fitting_context(client: Client, session: dict, history: list[dict]) -
                 raise
             drop = 2 if len(sent) > 2 else 1
             sent = sent[drop:]
-            console.print("[dim](older messages left out to fit the model's context)[/dim]")
+            err_console.print("[dim](older messages left out to fit the model's context)[/dim]")
 
 
 def _command(line: str, client: Client, db, session: dict, history: list[dict]) -> bool:
@@ -111,55 +180,82 @@ def _command(line: str, client: Client, db, session: dict, history: list[dict]) 
 
 
 def chat(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model id (default: the first served).")] = None,
-    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
+    message: Annotated[Optional[str], typer.Argument(
+        metavar="MESSAGE", help="A first message to send (the chat goes on after its reply).")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", metavar="MODEL",
+        help="Model id (default: the model the server has loaded, else its first).")] = None,
+    system: Annotated[Optional[str], typer.Option("--system", "-s", metavar="TEXT", help="System prompt.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the last chat.")] = False,
+    max_tokens: Annotated[Optional[int], typer.Option(
+        "--max-tokens", metavar="N", help="Cap each reply at N tokens (default: none).")] = None,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
-    """Chat with a model of the running server (`llmp serve`)."""
+    """Chat with a model of the running server (`llmp serve`).
+
+    Examples:
+
+      llmp chat
+
+      llmp chat "Hello" -m tiny
+
+      printf 'Hi\\nTell me more\\n' | llmp chat > replies.txt
+    """
     settings = load_settings()
-    client = Client(settings=settings)
-    served = client.request("GET", "/v1/models")["data"]
+    MAX_TOKENS["value"] = max_tokens
+    client = api_client(settings=settings)
     if model:  # an unknown model is one red line and a non-zero exit, before any session
         client.request("GET", f"/v1/models/{model}")
+    person = interactive()
+    info = console if person else err_console  # piped: stdout holds the replies only
     db = open_home(settings)
     if resume:
         session, history = chat_service.resume(db)
         if model or system is not None:
             chat_service.update(db, session, **{k: v for k, v in
                                                 (("model", model), ("system", system)) if v is not None})
-        console.print(f"Resuming chat {session['id']} ({len(history)} messages).")
+        info.print(f"Resuming chat {session['id']} ({len(history)} messages).")
     else:
-        if not served and not model:
+        model = model or served_model(client)
+        if not model:
             raise InvalidRequestError("the server has no model: add one with `llmp models add`")
-        session = chat_service.start(db, model=model or served[0]["id"], system=system,
-                                     server_url=client.url)
+        session = chat_service.start(db, model=model, system=system, server_url=client.url)
         history = []
-    console.print(f"Chatting with [bold]{session['model']}[/bold] at {client.url}. "
-                  "/help for commands, Ctrl-D to leave.")
-    while True:
-        try:
-            line = _read_message()
-        except EOFError:
-            break
-        except KeyboardInterrupt:
-            console.print()
-            continue
-        if not line.strip():
-            continue
-        if line.startswith("/"):
-            try:
-                if not _command(line, client, db, session, history):
+    info.print(f"Chatting with [bold]{session['model']}[/bold] at {client.url}. "
+               "/help for commands, Ctrl-D to leave.")
+    save_history = _line_editing(settings.home / "chat_history") if person else (lambda: None)
+    pending = message
+    try:
+        while True:
+            if pending is not None:
+                line, pending = pending, None
+            else:
+                try:
+                    line = _read_message(prompts=person)
+                except EOFError:
                     break
+                except KeyboardInterrupt:
+                    console.print()
+                    continue
+            if not line.strip():
+                continue
+            if line.startswith("/"):
+                try:
+                    if not _command(line, client, db, session, history):
+                        break
+                except LlmpError as e:
+                    console.print(f"[red]Error:[/red] {escape(e.message)}")
+                continue
+            history.append({"role": "user", "content": line})
+            try:
+                reply = _reply_fitting_context(client, session, history)
             except LlmpError as e:
-                console.print(f"[red]Error:[/red] {escape(e.message)}")
-            continue
-        history.append({"role": "user", "content": line})
-        try:
-            reply = _reply_fitting_context(client, session, history)
-        except LlmpError as e:
-            console.print(f"[red]Error:[/red] {escape(e.message)}")
-            history.pop()
-            continue
-        history.append({"role": "assistant", "content": reply})
-        chat_service.append(db, session, "user", line)
-        chat_service.append(db, session, "assistant", reply)
+                err_console.print(f"[red]Error:[/red] {escape(e.message)}")
+                history.pop()
+                continue
+            history.append({"role": "assistant", "content": reply})
+            chat_service.append(db, session, "user", line)
+            chat_service.append(db, session, "assistant", reply)
+    finally:
+        save_history()

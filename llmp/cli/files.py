@@ -7,7 +7,9 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from llmp.cli.ui import JsonOpt, console, err_console, human_bytes, print_json, print_rows, when
+from llmp.cli.ui import client as api_client
+from llmp.cli.ui import (ApiKeyOpt, JsonOpt, UrlOpt, console, err_console, human_bytes,
+                         print_json, print_rows, when)
 from llmp.client import Client
 from llmp.errors import InvalidRequestError
 from llmp.services.files import PURPOSES, UPLOAD_PURPOSES
@@ -40,9 +42,11 @@ def upload(
     path: Annotated[Path, typer.Argument(help="The file to upload.")],
     purpose: Annotated[str, typer.Option(help=f"One of: {', '.join(UPLOAD_PURPOSES)}.")] = "batch",
     json_out: JsonOpt = False,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Upload a file; prints its id."""
-    f = upload_file(Client(), path, purpose)
+    f = upload_file(api_client(), path, purpose)
     if json_out:
         print_json(f)
         return
@@ -55,19 +59,23 @@ def list_(
     purpose: Annotated[Optional[str], typer.Option(help=f"Only this purpose: {', '.join(PURPOSES)}.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many (newest first).")] = 100,
     json_out: JsonOpt = False,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """List files, newest first."""
-    files = Client().request("GET", "/v1/files", params={"purpose": purpose, "limit": limit})["data"]
+    files = api_client().request("GET", "/v1/files", params={"purpose": purpose, "limit": limit})["data"]
     print_rows(files, json_out, ("id", "filename", "purpose", "size", "created", "status"),
                lambda f: (f["id"], f["filename"], f["purpose"], human_bytes(f["bytes"]),
-                          when(f["created_at"]), f["status"]))
+                          when(f["created_at"]), f["status"]),
+               empty="No files yet: `llmp files upload PATH`.")
 
 
 @app.command()
 def show(file_id: Annotated[str, typer.Argument(help="The file's id (file_...).")],
-         json_out: JsonOpt = False) -> None:
+         json_out: JsonOpt = False,
+    url: UrlOpt = None, api_key: ApiKeyOpt = None) -> None:
     """Show a file's details."""
-    f = Client().request("GET", f"/v1/files/{file_id}")
+    f = api_client().request("GET", f"/v1/files/{file_id}")
     if json_out:
         print_json(f)
         return
@@ -81,9 +89,11 @@ def download(
     file_id: Annotated[str, typer.Argument(help="The file's id (file_...).")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write it "
                                                    "(default: its filename; '-' for stdout).")] = None,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Download a file's content."""
-    client = Client()
+    client = api_client()
     data = client.request("GET", f"/v1/files/{file_id}/content")
     if str(output) == "-":
         typer.echo(data.decode("utf-8", "replace"), nl=False)
@@ -94,7 +104,8 @@ def download(
 
 
 @app.command()
-def rm(file_id: Annotated[str, typer.Argument(help="The file's id (file_...).")]) -> None:
+def rm(file_id: Annotated[str, typer.Argument(help="The file's id (file_...).")],
+    url: UrlOpt = None, api_key: ApiKeyOpt = None) -> None:
     """Delete a file."""
-    Client().request("DELETE", f"/v1/files/{file_id}")
+    api_client().request("DELETE", f"/v1/files/{file_id}")
     console.print(f"Deleted {file_id}.")

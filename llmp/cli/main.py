@@ -6,6 +6,7 @@ and the error's exit code (no traceback).
 from __future__ import annotations
 
 import sys
+from typing import Optional
 
 import click
 import typer
@@ -24,7 +25,10 @@ from llmp.cli import files as files_cmd
 from llmp.cli import webhooks as webhooks_cmd
 from llmp.cli import embed as embed_cmd
 from llmp.cli import moderate as moderate_cmd
-from llmp.cli.ui import err_console
+from llmp.cli import config as config_cmd
+from llmp.cli import ps as ps_cmd
+from llmp.cli import run as run_cmd
+from llmp.cli.ui import CONN, err_console
 from llmp.errors import LlmpError
 
 app = typer.Typer(
@@ -32,7 +36,7 @@ app = typer.Typer(
     help="llmp: serve open LLMs locally with an OpenAI-style /v1 API, API keys, limits, "
     "usage, files and batches.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish)
     pretty_exceptions_show_locals=False,
     rich_markup_mode="rich",
 )
@@ -48,8 +52,15 @@ def _version(value: bool) -> None:
 def _main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
+    url: Optional[str] = typer.Option(
+        None, "--url", metavar="URL", help="The server for client commands (default: LLMP_URL, "
+        "else the `llmp serve` running on this home, else http://127.0.0.1:8000)."),
+    api_key: Optional[str] = typer.Option(
+        None, "--api-key", metavar="KEY",
+        help="API key for client commands (default: LLMP_API_KEY, else the home's admin key)."),
 ) -> None:
     """llmp: serve open LLMs locally."""
+    CONN.update(url=url, api_key=api_key)  # a command's own --url / --api-key win
 
 
 app.add_typer(models_cmd.app, name="models")
@@ -64,11 +75,67 @@ app.add_typer(batch_cmd.app, name="batch")
 app.add_typer(webhooks_cmd.app, name="webhooks")
 app.command("embed")(embed_cmd.embed)
 app.command("moderate")(moderate_cmd.moderate)
+app.command("ps")(ps_cmd.ps)
+app.command("stop")(ps_cmd.stop)
+app.command("logs")(ps_cmd.logs)
+app.command("run")(run_cmd.run)
+app.add_typer(config_cmd.app, name="config")
+
+
+#: readable metavars for options that set none, by Python type (flags get none)
+_METAVARS = {"int": "N", "float": "NUMBER", "str": "TEXT", "Path": "PATH", "bool": ""}
+
+
+def _label(param: object) -> str:
+    desc = getattr(param, "type_descriptor", None)
+    if desc is None:  # a plain click parameter
+        ptype = getattr(param, "type", None)
+        return {"integer": "N", "float": "NUMBER", "path": "PATH"}.get(
+            getattr(ptype, "name", ""), "TEXT")
+    if desc.is_choice:
+        return "|".join(str(getattr(c, "value", c)) for c in desc.choices or ())
+    if desc.is_path:
+        return "PATH"
+    annotation = desc.annotation
+    args = getattr(annotation, "__args__", None)
+    if desc.is_list and args:
+        annotation = args[0]
+    return _METAVARS.get(getattr(annotation, "__name__", ""), "VALUE")
+
+
+def readable_metavars(cmd: click.Command) -> click.Command:
+    """Help shows `--port N`, `--model TEXT`, `MODEL`, not typer's Python types
+    (`<int>`, `<list[str]>`, `<bool>`); flags show no metavar."""
+    for param in getattr(cmd, "params", []):
+        if getattr(param, "param_type_name", "") == "argument":
+            if hasattr(param, "display_type_rich"):  # the name says it: no `<str>` beside it
+                param.display_type_rich = lambda ctx: None
+            if param.metavar is None:
+                param.metavar = (param.name or "ARG").upper()
+            continue
+        if param.metavar is not None:
+            continue
+        if getattr(param, "is_flag", False) or getattr(param, "count", False):
+            param.metavar = ""
+        else:
+            param.metavar = _label(param)
+    help_option = cmd.get_help_option
+
+    def get_help_option(ctx: click.Context):  # made per call: no metavar on --help either
+        opt = help_option(ctx)
+        if opt is not None and opt.metavar is None:
+            opt.metavar = ""
+        return opt
+
+    cmd.get_help_option = get_help_option  # type: ignore[method-assign]
+    for sub in (getattr(cmd, "commands", None) or {}).values():
+        readable_metavars(sub)
+    return cmd
 
 
 def run(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    cmd = typer.main.get_command(app)
+    cmd = readable_metavars(typer.main.get_command(app))
     try:
         rv = cmd.main(args=argv, prog_name="llmp", standalone_mode=False)
     except (click.exceptions.Exit, typer.Exit) as e:

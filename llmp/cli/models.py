@@ -1,8 +1,9 @@
 """`llmp models ...`: pull, add, convert, add-adapter, list, show, rm, alias, set-price,
-quantize, synth.
+quantize, synth, load, unload.
 
 These commands prepare a home before any server runs, so they work on the home directly
-(the registry in $LLMP_HOME/llmp.db), not through the server's API.
+(the registry in $LLMP_HOME/llmp.db), not through the server's API; `load` and `unload` act
+on the running server (its /admin/models endpoints).
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, ProgressColumn, 
                            TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
 from rich.table import Table
 
-from llmp.cli.ui import JsonOpt, YesOpt, console, err_console, human_bytes, print_json
+from llmp.cli.ui import (ApiKeyOpt, JsonOpt, UrlOpt, YesOpt, client, console, err_console,
+                         human_bytes, print_json)
 from llmp.config import load_settings
 from llmp.db import open_home
 from llmp.db import models as db_models
@@ -23,7 +25,8 @@ from llmp.errors import InvalidRequestError
 from llmp.models import registry
 from llmp.models.quantize import BITS_PER_WEIGHT
 
-app = typer.Typer(help="Pull, add, list, quantize and synthesize GGUF models.",
+app = typer.Typer(help="Pull, add, list, quantize and synthesize GGUF models; load and unload "
+                  "them on the running server.",
                   no_args_is_help=True)
 
 NameOpt = Annotated[Optional[str], typer.Option(
@@ -369,3 +372,48 @@ def synth(
     if register or name:
         _, db = _open()
         _registered(registry.register(db, out.resolve(), model_id=name), "Added")
+
+
+@app.command()
+def load(model: ModelArg, url: UrlOpt = None, api_key: ApiKeyOpt = None,
+         json_: JsonOpt = False) -> None:
+    """Load a model on the running server now (instead of on its first request); it stays
+    loaded for the keep-alive after its last request.
+
+    Examples:
+
+      llmp models load tiny
+
+      llmp models load qwen2.5-0.5b-instruct:q4_k_m && llmp ps
+    """
+    c = client()
+    if err_console.is_terminal and not json_:
+        with err_console.status(f"loading {model} ..."):
+            m = c.request("POST", "/admin/models/load", json={"model": model})
+    else:
+        m = c.request("POST", "/admin/models/load", json={"model": model})
+    if json_:
+        print_json(m)
+        return
+    mem = (m.get("model_bytes") or 0) + (m.get("kv_cache_bytes") or 0)
+    console.print(f"Loaded [bold]{m['id']}[/bold] in {m.get('seconds', 0):.2f}s: "
+                  f"{m.get('slots_total', '?')} slots x {m.get('slot_ctx', '?')} tokens, "
+                  f"{m.get('device', '?')}, {human_bytes(mem)}")
+
+
+@app.command()
+def unload(
+    model: ModelArg,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Unload even with requests in flight (they end with an error).")] = False,
+    url: UrlOpt = None, api_key: ApiKeyOpt = None,
+) -> None:
+    """Unload a model from the running server, freeing its memory (it loads again on its
+    next request).
+
+    Example:
+
+      llmp models unload tiny
+    """
+    r = client().request("POST", "/admin/models/unload", json={"model": model, "force": force})
+    console.print(f"Unloaded {r['id']}." if r["unloaded"] else f"{r['id']} was not loaded.")

@@ -3,17 +3,59 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterable, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Column, Table
+
+if TYPE_CHECKING:
+    from llmp.client import Client
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+# ---------------------------------------------------------------- which server (every client command)
+#: --url / --api-key as given on this command line (`llmp --url X keys list` or
+#: `llmp keys list --url X`); reset by the root callback for each invocation
+CONN: dict[str, Optional[str]] = {"url": None, "api_key": None}
+
+
+def _remember(name: str) -> Callable[[Optional[str]], Optional[str]]:
+    def callback(value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            CONN[name] = value
+        return value
+    return callback
+
+
+UrlOpt = Annotated[Optional[str], typer.Option(
+    "--url", metavar="URL", callback=_remember("url"), expose_value=False,
+    help="The server (default: LLMP_URL, else the `llmp serve` running on this home, else "
+    "http://127.0.0.1:8000).", rich_help_panel="Server")]
+ApiKeyOpt = Annotated[Optional[str], typer.Option(
+    "--api-key", metavar="KEY", callback=_remember("api_key"), expose_value=False,
+    help="API key (default: LLMP_API_KEY, else the home's admin key).",
+    rich_help_panel="Server")]
+
+
+def client(**kwargs: Any) -> "Client":
+    """The API client for this command line's --url / --api-key (see `llmp.client`)."""
+    from llmp.client import Client
+
+    return Client(CONN["url"], CONN["api_key"], **kwargs)
+
+
+def table(*columns: str | Column, **kwargs: Any) -> Table:
+    """The one table style of the CLI: no outer box, bold headers (as `llmp models list`)."""
+    kwargs.setdefault("box", box.SIMPLE_HEAD)
+    kwargs.setdefault("header_style", "bold")
+    kwargs.setdefault("pad_edge", False)
+    return Table(*columns, **kwargs)
 
 
 def print_json(data: Any) -> None:
@@ -22,16 +64,19 @@ def print_json(data: Any) -> None:
 
 
 def print_rows(rows: list[dict], json_out: bool, columns: Iterable[str | Column],
-               cells: Callable[[dict], Iterable[str]]) -> None:
+               cells: Callable[[dict], Iterable[str]], empty: str = "Nothing yet.") -> None:
     """A list command's output: the rows as JSON with `--json`, else a table of `columns`
-    with `cells(row)` for each row."""
+    with `cells(row)` for each row; `empty` (one line) when there are no rows."""
     if json_out:
         print_json(rows)
         return
-    table = Table(*columns)
+    if not rows:
+        console.print(empty)
+        return
+    t = table(*columns)
     for row in rows:
-        table.add_row(*cells(row))
-    console.print(table)
+        t.add_row(*cells(row))
+    console.print(t)
 
 
 def when(ts: int | None) -> str:

@@ -45,6 +45,7 @@ import concurrent.futures
 import ctypes
 import heapq
 import itertools
+import logging
 import math
 import threading
 import time
@@ -63,6 +64,12 @@ from llmp.engine.types import (ChatPrompt, Completion, Delta, GenerationRequest,
                                SamplingParams, TokenLogprob, Usage)
 from llmp.errors import (ContextLengthExceededError, InvalidRequestError, LlmpError, ServerError,
                          ServiceUnavailableError)
+from llmp.logs import event
+
+log = logging.getLogger("llmp.engine")
+
+#: at most one "queue full" log line per engine per this many seconds
+QUEUE_FULL_LOG_S = 5.0
 
 CPU_DEFAULT_SLOTS = 8
 GPU_DEFAULT_SLOTS = 64
@@ -385,11 +392,21 @@ class Engine:
                 raise ServiceUnavailableError(f"model {self.model_id} is unloading; retry")
             if len(self._pending) >= self.settings.queue_size:
                 job.chain.free()
+                self._queue_full_log()
                 raise ServiceUnavailableError(
                     f"model {self.model_id} is overloaded ({len(self._pending)} requests waiting); retry later")
             self._enqueue(job)
             self.last_used = time.monotonic()
             self._cv.notify()
+
+    def _queue_full_log(self) -> None:
+        self._counters["queue_full"] += 1
+        now = time.monotonic()
+        if now - getattr(self, "_queue_full_logged", -QUEUE_FULL_LOG_S) >= QUEUE_FULL_LOG_S:
+            self._queue_full_logged = now
+            event(log, "queue.full", f"model {self.model_id}: queue full, refusing requests (503)",
+                  logging.WARNING, model=self.model_id, queue_size=self.settings.queue_size,
+                  refused_total=self._counters["queue_full"])
 
     def _enqueue(self, job: _Job) -> None:
         """Queue a job by priority, then arrival order (under the lock)."""
@@ -586,6 +603,9 @@ class Engine:
             job.chain = SamplerChain(self.model, job.req.params, backend=True)
         self._enqueue(job)
         self._counters["preemptions"] += 1
+        event(log, "preemption", f"model {self.model_id}: preempted a request of priority "
+              f"{int(job.req.priority)} for a more urgent one", model=self.model_id,
+              slot=slot.seq, generated=len(job.generated), preemptions_total=self._counters["preemptions"])
 
     def _detach(self, slot: _Slot) -> _Job:
         """Take the job off the slot (the KV cache and `slot.cache` are left as they are)."""

@@ -14,6 +14,7 @@ the base engine seen under the adapter's id, its requests tagged with the adapte
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
@@ -22,6 +23,9 @@ from llmp.config import Settings
 from llmp.engine.engine import Engine, LoraSet
 from llmp.engine.embed import EmbeddingEngine
 from llmp.engine.types import Completion, Delta, GenerationRequest
+from llmp.logs import event
+
+log = logging.getLogger("llmp.engine")
 
 
 @dataclass
@@ -102,6 +106,8 @@ class ModelPool:
             return await asyncio.shield(fut)
         fut = asyncio.get_running_loop().create_future()
         self._loads[spec.id] = fut
+        t0 = time.perf_counter()
+        event(log, "model.loading", f"loading model {spec.id}", model=spec.id, path=spec.path)
         try:
             await self._make_room()
             if spec.kind == "embed":
@@ -114,21 +120,35 @@ class ModelPool:
             eng.kind = spec.kind
             eng.guard_profile = spec.guard_profile
         except BaseException as e:
+            event(log, "model.load_failed", f"loading model {spec.id} failed: {e}",
+                  logging.ERROR, model=spec.id, seconds=round(time.perf_counter() - t0, 3))
             fut.set_exception(e)
             fut.exception()  # mark retrieved: waiters re-raise it themselves
             raise
         finally:
             self._loads.pop(spec.id, None)
         self._engines[spec.id] = eng
+        st = eng.stats()
+        event(log, "model.load", f"loaded model {spec.id}", model=spec.id,
+              seconds=round(time.perf_counter() - t0, 3), device=st.get("device"),
+              slots=st.get("slots_total"), slot_ctx=st.get("slot_ctx"),
+              model_mb=_mb(st.get("model_bytes")), kv_cache_mb=_mb(st.get("kv_cache_bytes")))
         fut.set_result(eng)
         self._ensure_reaper()
         return eng
 
-    async def unload(self, model_id: str) -> bool:
+    def engine(self, model_id: str) -> Engine | None:
+        """The loaded engine of `model_id` (a spec id), None when it is not loaded."""
+        return self._engines.get(model_id)
+
+    async def unload(self, model_id: str, reason: str = "requested") -> bool:
         eng = self._engines.pop(model_id, None)
         if eng is None:
             return False
+        t0 = time.perf_counter()
         await asyncio.to_thread(eng.close)
+        event(log, "model.unload", f"unloaded model {model_id} ({reason})", model=model_id,
+              reason=reason, seconds=round(time.perf_counter() - t0, 3))
         return True
 
     async def _make_room(self) -> None:
@@ -137,7 +157,8 @@ class ModelPool:
             idle = [e for e in self._engines.values() if not e.busy]
             if not idle:
                 return
-            await self.unload(min(idle, key=lambda e: e.last_used).model_id)
+            await self.unload(min(idle, key=lambda e: e.last_used).model_id,
+                              reason=f"room for another model (max_loaded_models {cap})")
 
     def _ensure_reaper(self) -> None:
         if self.settings.keep_alive >= 0 and (self._reaper is None or self._reaper.done()):
@@ -154,7 +175,8 @@ class ModelPool:
             for e in idle:
                 if now - e.last_used >= keep or over > 0:
                     over -= 1
-                    await self.unload(e.model_id)
+                    await self.unload(e.model_id, reason="idle" if now - e.last_used >= keep
+                                      else "over max_loaded_models")
 
     def status(self) -> list[dict[str, Any]]:
         out = [dict(e.stats(), id=mid, state="loaded") for mid, e in self._engines.items()]
@@ -166,4 +188,8 @@ class ModelPool:
             self._reaper.cancel()
             self._reaper = None
         for mid in list(self._engines):
-            await self.unload(mid)
+            await self.unload(mid, reason="shutdown")
+
+
+def _mb(n: Any) -> float | None:
+    return round(n / 1e6, 1) if isinstance(n, (int, float)) else None

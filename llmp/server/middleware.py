@@ -11,17 +11,39 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 
 from aiohttp import web
 
 from llmp.errors import (InvalidRequestError, LlmpError, NotFoundError, PayloadTooLargeError,
                          ServerError, ServiceUnavailableError)
 from llmp.ids import new_id
+from llmp.logs import event
 from llmp.protocol.base import loads
-from llmp.server.state import (API_KEY, IN_FLIGHT, LIMITER, METRICS, REQUEST_ID, SETTINGS,
-                               SHUTDOWN)
+from llmp.server.state import (API_KEY, IN_FLIGHT, LIMITER, LOG_FIELDS, METRICS, REQUEST_ID,
+                               SETTINGS, SHUTDOWN)
 
 log = logging.getLogger("llmp.server")
+access_log = logging.getLogger("llmp.access")
+
+#: paths polled by monitors: their access lines are logged at DEBUG
+QUIET_PATHS = ("/health", "/metrics")
+
+
+def log_access(request: web.Request, status: int, seconds: float) -> None:
+    """The request's one access line: request id, key id (never a secret), method, path,
+    status, latency, and what the handler added (model, prompt/completion tokens)."""
+    path = request.rel_url.raw_path  # percent-encoded: no control characters reach the log
+    level = logging.DEBUG if path in QUIET_PATHS and status < 400 else logging.INFO
+    if not access_log.isEnabledFor(level):
+        return
+    key = request.get(API_KEY)
+    ms = round(seconds * 1000, 1)
+    event(access_log, "access", f"{request.method} {path} {status} {ms:g}ms", level,
+          json_fields={"method": request.method, "path": path, "status": status,
+                       "latency_ms": ms},
+          request_id=request.get(REQUEST_ID), key_id=key["id"] if key else None,
+          **request.get(LOG_FIELDS, {}))
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
@@ -60,6 +82,7 @@ async def request_context(request: web.Request, handler) -> web.StreamResponse:
     client_id = request.headers.get("x-request-id", "")
     rid = client_id if _CLIENT_ID.match(client_id) else new_id("req")
     request[REQUEST_ID] = rid
+    t0 = time.perf_counter()
     shutdown = request.app[SHUTDOWN]
     in_flight = request.app[IN_FLIGHT]
     in_flight[id(request)] = request
@@ -79,8 +102,6 @@ async def request_context(request: web.Request, handler) -> web.StreamResponse:
         resp = error_response(_from_http(e, request), rid)
     except (ConnectionError, asyncio.CancelledError) as e:
         status = CLIENT_CLOSED
-        log.info("%s %s (%s): the client closed the connection", request.method, request.path,
-                 rid)
         if isinstance(e, asyncio.CancelledError):
             raise
         resp = web.Response(status=CLIENT_CLOSED)  # not sent: the connection is gone
@@ -99,6 +120,7 @@ async def request_context(request: web.Request, handler) -> web.StreamResponse:
             route = request.match_info.route.resource
             request.app[METRICS].count_request(
                 request.method, route.canonical if route is not None else "(unmatched)", status)
+            log_access(request, status, time.perf_counter() - t0)
     assert resp is not None
     return resp
 

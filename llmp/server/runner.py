@@ -60,7 +60,11 @@ async def start(app: web.Application, host: str, port: int, *,
     await runner.setup()
     runner.server.__class__ = _Server  # its connections answer malformed HTTP as above
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError:  # e.g. the port is in use: stop what setup() started (workers, DB)
+        await runner.cleanup()
+        raise
     bound = runner.addresses[0][1] if runner.addresses else port
     return runner, int(bound)
 

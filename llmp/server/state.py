@@ -37,3 +37,5 @@ ADAPTERS = web.AppKey("adapters", dict)  # `llmp serve --lora` adapters (not reg
 # per-request storage
 REQUEST_ID = web.RequestKey("request_id", str)  # set by the middleware: req_...
 API_KEY = web.RequestKey("api_key", dict)  # the authenticated key record, set by @requires
+# what a handler adds to its access-log line (model, prompt_tokens, completion_tokens, ...)
+LOG_FIELDS = web.RequestKey("log_fields", dict)

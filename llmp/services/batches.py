@@ -48,6 +48,7 @@ from llmp.errors import (AuthenticationError, InvalidRequestError, LlmpError, No
                          ServiceUnavailableError)
 from llmp.events import Bus
 from llmp.ids import new_id
+from llmp.logs import event
 from llmp.protocol.base import parse, parse_json
 from llmp.protocol.resources import (BATCH_ENDPOINTS, ChatLineShape, CompletionLineShape,
                                      CreateBatchRequest, EmbeddingLineShape)
@@ -460,6 +461,8 @@ class BatchRunner:
         now = int(time.time())
         if v.ok:
             await write(self.db, batches_db.start, b["id"], v.lines, model=v.models[0], at=now)
+            event(log, "batch.started", f"batch {b['id']} started", batch=b["id"],
+                  key_id=b["owner_key_id"], lines=len(v.lines), model=v.models[0])
         elif await write(self.db, batches_db.transition, b["id"], "failed",
                          allowed_from=("validating",), at=now,
                          changes={"errors": json.dumps(v.errors)}):
@@ -718,6 +721,10 @@ class BatchRunner:
 
     def _emit(self, batch_id: str, status: str) -> None:
         row = batches_db.get(self.db, batch_id)
+        c = batches_db.counts(self.db, batch_id)
+        event(log, f"batch.{status}", f"batch {batch_id} {status}",
+              logging.WARNING if status == "failed" else logging.INFO, batch=batch_id,
+              key_id=row["owner_key_id"], completed=c.get("completed"), failed=c.get("failed"))
         self.bus.publish(TERMINAL_EVENTS[status], to_api(self.db, row),
                          key_id=row["owner_key_id"])
 

@@ -35,6 +35,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import urllib.parse
 import secrets
 import socket
 import time
@@ -51,6 +52,7 @@ from llmp.db import writer as db_writer
 from llmp.errors import InvalidRequestError, NotFoundError
 from llmp.events import Bus, Event
 from llmp.ids import new_id
+from llmp.logs import event
 from llmp.services import keys
 from llmp.services.lists import check_limit, list_object, owner_scope
 
@@ -452,14 +454,19 @@ class Deliverer:
                 error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         now = time.time()
         # a failure to record propagates: the supervisor restarts the loop after a pause
+        # the host only: a URL's path or query may carry a token
+        host = urllib.parse.urlsplit(d["url"]).hostname
         if error is None:
             await db_writer.write(self.db, webhooks_db.record_attempt, d["id"],
                                   status="delivered", attempts=attempts, next_attempt_at=None,
                                   status_code=code, error=None, delivered_at=int(now))
+            event(log, "webhook.delivered", f"webhook {d['event']} delivered to {host}",
+                  delivery=d["id"], event_id=d["event_id"], status=code, attempt=attempts)
             return
         final = attempts >= self.max_attempts
-        log.info("webhook delivery %s to %s failed (attempt %d): %s", d["id"], d["url"],
-                 attempts, error)
+        event(log, "webhook.failed", f"webhook {d['event']} to {host} failed"
+              + (", giving up" if final else ", will retry"), logging.WARNING,
+              delivery=d["id"], event_id=d["event_id"], attempt=attempts, error=error[:200])
         await db_writer.write(
             self.db, webhooks_db.record_attempt, d["id"],
             status="failed" if final else "pending", attempts=attempts,

@@ -19,8 +19,8 @@ from llmp.errors import LlmpError, ServerError, ServiceUnavailableError
 from llmp.server import sse
 from llmp.server.auth import requires
 from llmp.server.middleware import read_json
-from llmp.server.state import (API_KEY, DB, EVENTS, LIMITER, METRICS, POOL, REQUEST_ID,
-                               SHUTDOWN)
+from llmp.server.state import (API_KEY, DB, EVENTS, LIMITER, LOG_FIELDS, METRICS, POOL,
+                               REQUEST_ID, SHUTDOWN)
 from llmp.services import inference, usage
 from llmp.services.limits import Admission
 from llmp.services.models import model_version
@@ -131,6 +131,10 @@ async def _serve(request: web.Request, prepare: Prepare, endpoint: str) -> web.S
         prompt = call.prompt_tokens if processed and call else 0
         completion = call.completion_tokens_so_far if processed and call else 0
         ttft = call.ttft if call else None
+        request[LOG_FIELDS] = {"model": model, "prompt_tokens": prompt,
+                               "completion_tokens": completion,
+                               "ttft_ms": round(ttft * 1000, 1) if ttft is not None else None,
+                               "stream": call.streaming if call else None}
         # counted against the key's quotas (the limiter listens to the bus) in the same step
         # as the admission's reservation is given back, then stored off the loop
         usage.record(db, key["id"], model, endpoint, prompt, completion, latency * 1000,
