@@ -72,7 +72,7 @@ def _home(settings) -> dict[str, Any]:
 def doctor(json_: JsonOpt = False) -> None:
     """Check the installation: Python, llama.cpp build and GPU offload, home, DB, disk."""
     settings = load_settings()
-    report = {
+    report: dict[str, Any] = {
         "llmp": __version__,
         "python": f"{platform.python_version()} ({sys.executable})",
         "platform": platform.platform(),

@@ -15,7 +15,7 @@ from sqlite_utils import Database
 
 from llmp.db import _lock
 from llmp.db import files as files_db
-from llmp.db.lists import owned_row, owner_filter, paginate
+from llmp.db.lists import found, owned_row, owner_filter, paginate
 
 STATUSES = ("validating", "failed", "in_progress", "finalizing", "completed", "expired",
             "cancelling", "cancelled")
@@ -24,8 +24,8 @@ LINE_STATUSES = ("pending", "completed", "failed", "expired", "cancelled")
 
 def insert(db: Database, record: dict[str, Any]) -> dict:
     with _lock:
-        db["batches"].insert(record)
-    return get(db, record["id"])
+        db.table("batches").insert(record)
+    return found(get(db, record["id"]))
 
 
 def get(db: Database, batch_id: str, *, owner: str | None = None) -> dict | None:
@@ -199,5 +199,5 @@ def finish(db: Database, batch_id: str, to: str, *, allowed_from: Iterable[str],
         for f in files:
             files_db.insert(db, f)
         sets = {"status": to, f"{to}_at": at, **changes}
-        db["batches"].update(batch_id, sets)
+        db.table("batches").update(batch_id, sets)
     return True

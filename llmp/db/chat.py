@@ -4,12 +4,13 @@ from __future__ import annotations
 from sqlite_utils import Database
 
 from llmp.db import _lock
+from llmp.db.lists import found
 
 
 def create_session(db: Database, record: dict) -> dict:
     with _lock:
-        db["chat_sessions"].insert(record, pk="id")
-    return get_session(db, record["id"])
+        db.table("chat_sessions").insert(record, pk="id")
+    return found(get_session(db, record["id"]))
 
 
 def get_session(db: Database, session_id: str) -> dict | None:
@@ -24,12 +25,12 @@ def latest_session(db: Database) -> dict | None:
 
 def update_session(db: Database, session_id: str, changes: dict) -> None:
     with _lock:
-        db["chat_sessions"].update(session_id, changes)
+        db.table("chat_sessions").update(session_id, changes)
 
 
 def add_message(db: Database, session_id: str, role: str, content: str, created_at: str) -> None:
     with _lock, db.atomic():
-        db["chat_messages"].insert({"session_id": session_id, "role": role, "content": content,
+        db.table("chat_messages").insert({"session_id": session_id, "role": role, "content": content,
                                     "created_at": created_at})
         db.execute("update chat_sessions set updated_at = ? where id = ?", [created_at, session_id])
 

@@ -10,13 +10,13 @@ from typing import Any
 from sqlite_utils import Database
 
 from llmp.db import _lock
-from llmp.db.lists import owned_row, owner_filter, paginate
+from llmp.db.lists import found, owned_row, owner_filter, paginate
 
 
 def insert(db: Database, record: dict[str, Any]) -> dict:
     with _lock:
-        db["files"].insert(record)
-    return get(db, record["id"])
+        db.table("files").insert(record)
+    return found(get(db, record["id"]))
 
 
 def get(db: Database, file_id: str, *, owner: str | None = None) -> dict | None:

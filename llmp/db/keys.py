@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, overload
 
 from sqlite_utils import Database
 
 from llmp.db import _lock
 from llmp.db import writer as db_writer
+from llmp.db.lists import found
 
 
+@overload
+def _decode(row: dict) -> dict: ...
+@overload
+def _decode(row: None) -> None: ...
 def _decode(row: dict | None) -> dict | None:
     if row is None:
         return None
@@ -22,8 +27,8 @@ def insert(db: Database, record: dict[str, Any]) -> dict:
     rec = dict(record)
     rec["permissions"] = json.dumps(list(rec.get("permissions") or []))
     with _lock:
-        db["api_keys"].insert(rec, pk="id")
-    return by_id(db, rec["id"])
+        db.table("api_keys").insert(rec, pk="id")
+    return found(by_id(db, rec["id"]))
 
 
 def by_hash(db: Database, key_hash: str) -> dict | None:

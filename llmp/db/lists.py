@@ -11,6 +11,13 @@ from typing import Any
 from sqlite_utils import Database
 
 
+def found(row: dict | None) -> dict:
+    """A row the caller just wrote, read back (never None: LookupError otherwise)."""
+    if row is None:
+        raise LookupError("a row just written is not there")
+    return row
+
+
 def owner_filter(owner: str | None) -> tuple[list[str], list[Any]]:
     """The where-clauses and arguments that keep a query to `owner`'s rows."""
     return (["owner_key_id = ?"], [owner]) if owner is not None else ([], [])

@@ -194,10 +194,10 @@ def summary(db: Database, start_day: str, end_day: str, *, group: list[str],
     if latency:
         if "endpoint" in group:
             raise ValueError("no latency histograms per endpoint")
-        latency = _latencies(db, period, where, args, cols)
+        latencies = _latencies(db, period, where, args, cols)
         none = (None,) * len(PERCENTILES)
         for row in out:
-            row["latency"] = latency.get(tuple(row[g] for g in group), none)
+            row["latency"] = latencies.get(tuple(row[g] for g in group), none)
     return out
 
 

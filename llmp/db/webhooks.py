@@ -4,15 +4,19 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, overload
 
 from sqlite_utils import Database
 
 from llmp.db import _lock
 from llmp.db import writer as db_writer
-from llmp.db.lists import owned_row, owner_filter, paginate
+from llmp.db.lists import found, owned_row, owner_filter, paginate
 
 
+@overload
+def _decode(row: dict) -> dict: ...
+@overload
+def _decode(row: None) -> None: ...
 def _decode(row: dict | None) -> dict | None:
     if row is None:
         return None
@@ -25,8 +29,8 @@ def _decode(row: dict | None) -> dict | None:
 def insert(db: Database, record: dict[str, Any]) -> dict:
     rec = {**record, "events": json.dumps(list(record["events"]))}
     with _lock:
-        db["webhooks"].insert(rec)
-    return get(db, record["id"])
+        db.table("webhooks").insert(rec)
+    return found(get(db, record["id"]))
 
 
 def get(db: Database, webhook_id: str, *, owner: str | None = None) -> dict | None:
@@ -67,7 +71,7 @@ def add_deliveries(db: Database, records: Iterable[dict[str, Any]]) -> Future | 
 
 def _add_deliveries(db: Database, records: Iterable[dict[str, Any]]) -> None:
     with _lock, db.atomic():
-        db["webhook_deliveries"].insert_all(records)
+        db.table("webhook_deliveries").insert_all(records)
 
 
 def due(db: Database, now: float, *, limit: int = 50) -> list[dict]:
@@ -88,7 +92,7 @@ def record_attempt(db: Database, delivery_id: str, *, status: str, attempts: int
                    next_attempt_at: float | None, status_code: int | None, error: str | None,
                    delivered_at: int | None) -> None:
     with _lock:
-        db["webhook_deliveries"].update(delivery_id, {
+        db.table("webhook_deliveries").update(delivery_id, {
             "status": status, "attempts": attempts, "next_attempt_at": next_attempt_at,
             "last_status_code": status_code, "last_error": error, "delivered_at": delivered_at})
 

@@ -50,7 +50,7 @@ class SamplerChain:
             if bias:
                 arr = (L.llama_logit_bias * len(bias))()
                 for i, (t, b) in enumerate(bias.items()):
-                    arr[i].token, arr[i].bias = int(t), float(b)
+                    arr[i] = L.llama_logit_bias(int(t), float(b))
                 add(L.llama_sampler_init_logit_bias(model.n_vocab, len(bias), arr))
             if p.grammar:
                 g = L.llama_sampler_init_grammar(model.vocab, p.grammar.encode(), b"root")

@@ -14,6 +14,7 @@ peak memory is about one tensor (the largest: the embeddings), not one copy of t
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -131,6 +132,11 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     (out,) and LoRA B matrices (out, r) alike. `n_head` is n_head for q, n_head_kv for k."""
     return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
             .swapaxes(1, 2).reshape(w.shape))
+
+
+def _permuted(ref: Any, n_head: int) -> np.ndarray:
+    """`ref`'s float32 data in llama.cpp's q/k layout (see `permute_qk`)."""
+    return permute_qk(ref.float32(), n_head)
 
 
 def llama3_rope_factors(rope: dict[str, Any], head_dim: int) -> np.ndarray:
@@ -332,7 +338,7 @@ def _plan(cfg: HFConfig, tensors: dict[str, TensorRef], outtype: str) -> list[_O
         load: Callable[[], np.ndarray] = ref.float32
         if cfg.arch == "llama" and re.search(r"\.attn_[qk]\.(weight|bias)$", new):
             heads = cfg.n_head if ".attn_q." in new else cfg.n_head_kv
-            load = (lambda r=ref, h=heads: permute_qk(r.float32(), h))
+            load = functools.partial(_permuted, ref, heads)
         qtype = want
         if len(ref.shape) == 1:
             qtype = gguf.GGMLQuantizationType.F32  # norms and biases

@@ -76,9 +76,9 @@ def read_header(path: Path) -> dict[str, TensorRef]:
         if dtype not in _DTYPES:
             raise ModelError(f"{path}: tensor {name} has dtype {dtype}, which llmp cannot read "
                              "(supported: " + ", ".join(_DTYPES) + ")")
-        s, e = meta["data_offsets"]
+        start, end = meta["data_offsets"]
         out[name] = TensorRef(name, path, dtype, tuple(int(d) for d in meta["shape"]),
-                              base + int(s), base + int(e))
+                              base + int(start), base + int(end))
     return out
 
 

@@ -111,7 +111,7 @@ def path(loc: tuple[int | str, ...], data: Any, prefix: str = "", *,
     return out
 
 
-def _error(e: dict, data: Any, prefix: str) -> InvalidRequestError:
+def _error(e: Any, data: Any, prefix: str) -> InvalidRequestError:
     loc = tuple(e["loc"])
     kind = e["type"]
     p = path(loc, data, prefix, missing=kind == "missing")

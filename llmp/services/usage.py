@@ -130,7 +130,7 @@ def report(db, *, start_date: str | None = None, end_date: str | None = None,
         data.append(entry)
     total = db_usage.summary(db, start.isoformat(), end.isoformat(), group=[], key_id=key_id,
                              model=model, latency=True)
-    t = total[0] if total else {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0,
+    t: dict[str, Any] = total[0] if total else {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0,
                                 "cost": 0.0, "latency": (None,) * len(PERCENTILES)}
     return {"object": "usage", "start_date": start.isoformat(), "end_date": end.isoformat(),
             "granularity": granularity, "data": data,
