@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import start_server
-from schema_check import check
 
 from llmp.engine import guard as guard_mod
 from llmp.engine.guard import OPENAI_CATEGORIES, PROFILES, Verdict
 from llmp.server.state import WRITER
+
+from schema_check import check
 
 DATA = Path(__file__).parent / "data" / "guard"
 TEXT = "I want to hurt someone"
@@ -282,3 +283,38 @@ def test_cli_set_guard_and_moderate(gsrv, cli, monkeypatch, tiny_model_path):
     assert body["results"][0]["flagged"] == any(body["results"][0]["categories"].values())
     r = cli("moderate", "-", input="some text from stdin")
     assert r.exit_code == 0 and "violence" in r.stdout and "input 0" in r.stdout, r.stdout
+
+
+def test_batch_of_moderations(gsrv):
+    import io
+
+    from test_batches import results, wait
+
+    client = gsrv.openai()
+    lines = [{"custom_id": f"m-{i}", "method": "POST", "url": "/v1/moderations",
+              "body": {"model": "omni-moderation-latest", "input": [f"text {i}", TEXT]}}
+             for i in range(3)]
+    f = client.files.create(file=("in.jsonl", io.BytesIO(
+        b"".join(json.dumps(x).encode() + b"\n" for x in lines))), purpose="batch")
+    b = client.batches.create(input_file_id=f.id, endpoint="/v1/moderations",
+                              completion_window="24h")
+    done = wait(client, b.id)
+    assert done.status == "completed", done
+    out = results(client, done.output_file_id)
+    assert [r["custom_id"] for r in out] == [f"m-{i}" for i in range(3)]
+    for r in out:
+        body = r["response"]["body"]
+        check(body, "CreateModerationResponse")
+        assert len(body["results"]) == 2 and body["usage"]["prompt_tokens"] > 0
+        for res in body["results"]:
+            _check_result(res)
+    # a key without the `moderation` permission: every line fails
+    key = gsrv.make_key(permissions=["inference", "files.write", "batches.write",
+                                     "batches.read", "files.read"])
+    c2 = gsrv.openai(key)
+    f = c2.files.create(file=("in.jsonl", io.BytesIO(json.dumps(lines[0]).encode() + b"\n")),
+                        purpose="batch")
+    b = c2.batches.create(input_file_id=f.id, endpoint="/v1/moderations",
+                          completion_window="24h")
+    done = wait(c2, b.id)
+    assert done.request_counts.failed == 1, done

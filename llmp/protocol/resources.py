@@ -19,7 +19,8 @@ KEY_PERMISSIONS = ("inference", "models.read", "files.read", "files.write", "bat
                    "batches.write", "fine_tuning.read", "fine_tuning.write", "moderation",
                    "usage.read", "webhooks", "admin")
 TIER_NAMES = ("free", "pro", "enterprise")
-BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+                   "/v1/moderations")
 
 Permission = Annotated[StrictStr, WithJsonSchema({"type": "string", "enum": list(KEY_PERMISSIONS)})]
 Count = number(1, MAX_COUNT, integer=True)
@@ -113,6 +114,13 @@ class CompletionLineShape(_LineBody):
 
 class EmbeddingLineShape(_LineBody):
     """As `ChatLineShape`, for /v1/embeddings (values checked by `EmbeddingRequest`)."""
+
+    input: StrictStr | Annotated[list, Field(min_length=1)]
+
+
+class ModerationLineShape(_LineBody):
+    """As `ChatLineShape`, for /v1/moderations (values checked by `ModerationRequest`; a
+    line names its model, e.g. "omni-moderation-latest")."""
 
     input: StrictStr | Annotated[list, Field(min_length=1)]
 

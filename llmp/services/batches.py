@@ -51,8 +51,9 @@ from llmp.ids import new_id
 from llmp.logs import event
 from llmp.protocol.base import parse, parse_json
 from llmp.protocol.resources import (BATCH_ENDPOINTS, ChatLineShape, CompletionLineShape,
-                                     CreateBatchRequest, EmbeddingLineShape)
-from llmp.services import embeddings, inference
+                                     CreateBatchRequest, EmbeddingLineShape,
+                                     ModerationLineShape)
+from llmp.services import embeddings, inference, moderation
 from llmp.services import keys as keys_service
 from llmp.services import usage as usage_service
 from llmp.services.files import FileStore, Upload
@@ -65,6 +66,7 @@ ENDPOINTS: dict[str, Callable[..., Any]] = {
     "/v1/chat/completions": inference.chat_completion,
     "/v1/completions": inference.completion,
     "/v1/embeddings": embeddings.embeddings,
+    "/v1/moderations": moderation.moderations,
 }
 # endpoint -> its two-step form (validate and tokenize, then run), so that a line is admitted
 # against its key's limits in between, as an HTTP request is
@@ -72,7 +74,10 @@ PREPARE: dict[str, Callable[..., Any]] = {
     "/v1/chat/completions": inference.prepare_chat,
     "/v1/completions": inference.prepare_completion,
     "/v1/embeddings": embeddings.prepare_embeddings,
+    "/v1/moderations": moderation.prepare_moderation,
 }
+#: the permission a line of an endpoint needs (others: `inference`)
+LINE_PERMISSIONS = {"/v1/moderations": "moderation"}
 #: the longest a line waits for its key's rate limits before trying again (pacing)
 MAX_PACE_WAIT_S = 5.0
 MAX_LINES = 50_000
@@ -120,7 +125,7 @@ def _error(code: str, message: str, line: int | None, param: str | None = None) 
 #: endpoint -> the shape its line bodies must have (values: the endpoint's request model,
 #: `inference.ChatCompletionRequest` ..., when the line runs)
 LINE_SHAPES = {"/v1/chat/completions": ChatLineShape, "/v1/completions": CompletionLineShape,
-               "/v1/embeddings": EmbeddingLineShape}
+               "/v1/embeddings": EmbeddingLineShape, "/v1/moderations": ModerationLineShape}
 assert tuple(ENDPOINTS) == tuple(LINE_SHAPES) == BATCH_ENDPOINTS
 
 
@@ -593,9 +598,11 @@ class BatchRunner:
         if key is None or keys_service.status(key) != "active":
             raise AuthenticationError("The batch's API key is no longer active",
                                       code="invalid_api_key")
-        if not keys_service.has_permission(key, "inference"):
-            raise PermissionDeniedError("The batch's API key lacks the 'inference' permission: "
-                                        "each request of a batch is an inference request")
+        perm = LINE_PERMISSIONS.get(b["endpoint"], "inference")
+        if not keys_service.has_permission(key, perm):
+            raise PermissionDeniedError(f"The batch's API key lacks the '{perm}' permission: "
+                                        f"each request of this batch is a {b['endpoint']} "
+                                        "request")
         return key
 
     async def _admit(self, key: dict, call: inference.Call) -> Any:

@@ -5,7 +5,7 @@ from typing import Any, Callable
 
 from llmp.db import models as db_models
 from llmp.engine.pool import ModelSpec
-from llmp.errors import InvalidRequestError
+from llmp.errors import InvalidRequestError, NotFoundError
 from llmp.models import registry
 
 MAX_PER_PAGE = 100
@@ -20,7 +20,7 @@ def resolver(db, extra: dict[str, dict] | None = None) -> Callable[[str], ModelS
     extra = extra if extra is not None else {}
 
     def resolve(model_id: str) -> ModelSpec:
-        m = extra.get(model_id) or registry.resolve(db, model_id)
+        m = extra.get(model_id) or guard_for(db, model_id) or registry.resolve(db, model_id)
         if m.get("parent"):
             base = registry.resolve(db, m["parent"])
             scale = m.get("lora_scale")
@@ -31,6 +31,22 @@ def resolver(db, extra: dict[str, dict] | None = None) -> Callable[[str], ModelS
                          guard_profile=m.get("guard_profile"))
 
     return resolve
+
+
+def guard_for(db, model_id: str) -> dict | None:
+    """OpenAI's moderation model names (`omni-moderation-latest`, ...) that are not registered
+    models stand for the first registered guard model (`llmp models set-guard`); None for
+    any other name. No guard: NotFoundError `guard_not_configured` saying how to add one.
+    (`settings.moderation_model` picks another guard: see services.moderation.)"""
+    from llmp.services.moderation import HOW_TO_ADD, OPENAI_MODELS
+
+    if model_id not in OPENAI_MODELS or db_models.get(db, model_id) is not None:
+        return None
+    guards = [m for m in db_models.list_all(db) if m.get("guard_profile")]
+    if not guards:
+        raise NotFoundError(f"No guard model is configured for moderations: {HOW_TO_ADD}",
+                            param="model", code="guard_not_configured")
+    return guards[0]
 
 
 def kind_of(m: dict) -> str:

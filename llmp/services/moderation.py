@@ -2,8 +2,9 @@
 
 The OpenAI moderation model names (`omni-moderation-latest`, `text-moderation-latest`,
 `text-moderation-stable`, ...) resolve to the configured guard (`settings.moderation_model`,
-else the first registered model with a guard profile); a guard model may also be named
-directly. With no guard: 404 `guard_not_configured` saying how to add one.
+else the first registered model with a guard profile: `services.models.guard_for`, so the
+pool and the batch runner resolve them too); a guard model may also be named directly. With
+no guard: 404 `guard_not_configured` saying how to add one.
 
 For each input text, on the guard's engine (the same scheduler as chat; the three steps run
 one after another so the prompt's KV is reused from the prefix cache):
@@ -43,7 +44,7 @@ from llmp.config import Settings
 from llmp.db import models as db_models
 from llmp.engine.guard import OPENAI_CATEGORIES, GuardProfile, Verdict, profile
 from llmp.engine.types import GenerationRequest, Priority, SamplingParams, Usage
-from llmp.errors import ContextLengthExceededError, InvalidRequestError, NotFoundError
+from llmp.errors import ContextLengthExceededError, InvalidRequestError
 from llmp.ids import random_base62
 from llmp.protocol.base import parse
 from llmp.protocol.embeddings import ModerationRequest
@@ -65,33 +66,6 @@ def thresholds(settings: Settings) -> dict[str, float]:
         if sep and name.strip() in out:
             out[name.strip()] = float(value)
     return out
-
-
-def resolve_guard(db, settings: Settings, requested: str) -> dict:
-    """The registered guard model serving `requested` (an OpenAI moderation model name or a
-    guard model's id)."""
-    if requested in OPENAI_MODELS:
-        if settings.moderation_model:
-            m = db_models.get(db, settings.moderation_model)
-            if m is None or not m.get("guard_profile"):
-                raise NotFoundError(f"The configured moderation model "
-                                    f"{settings.moderation_model!r} is not a registered guard "
-                                    f"model: {HOW_TO_ADD}", param="model",
-                                    code="guard_not_configured")
-            return m
-        guards = [m for m in db_models.list_all(db) if m.get("guard_profile")]
-        if not guards:
-            raise NotFoundError(f"No guard model is configured for moderations: {HOW_TO_ADD}",
-                                param="model", code="guard_not_configured")
-        return guards[0]
-    m = db_models.get(db, requested)
-    if m is None:
-        raise NotFoundError(f"The model '{requested}' does not exist", param="model",
-                            code="model_not_found")
-    if not m.get("guard_profile"):
-        raise InvalidRequestError(f"The model '{requested}' is not a guard model: "
-                                  f"{HOW_TO_ADD}", param="model", code="model_not_supported")
-    return m
 
 
 def defuse(text: str) -> str:
@@ -254,17 +228,30 @@ class ModerationCall:
                      request_id=self.request_id) for p in self.prompts))
         self.usage.completion_tokens = sum(r.completion_tokens for r in results)
         self.generated = self.usage.completion_tokens
+        u = self.usage
+        # `usage` is beyond OpenAI's shape: what the request was billed (batch lines read it)
         return {"id": "modr-" + random_base62(24), "model": self.requested,
-                "results": [result_body(self.profile, r, self.limits) for r in results]}
+                "results": [result_body(self.profile, r, self.limits) for r in results],
+                "usage": {"prompt_tokens": u.prompt_tokens,
+                          "completion_tokens": u.completion_tokens,
+                          "total_tokens": u.total_tokens}}
 
 
-async def prepare_moderation(pool, body: dict | ModerationRequest, *, db, settings: Settings,
+async def prepare_moderation(pool, body: dict | ModerationRequest, *,
                              priority: Priority = Priority.INTERACTIVE, request_id: str,
                              **_: Any) -> ModerationCall:
+    """Validate, resolve the guard (an OpenAI moderation name: `moderation_model`, else the
+    first registered guard), render and tokenize the prompts (off the loop)."""
     req = body if isinstance(body, ModerationRequest) else parse(ModerationRequest, body)
-    guard = resolve_guard(db, settings, req.model)
-    prof = profile(guard["guard_profile"])
-    engine = await pool.get(guard["id"])
+    settings: Settings = pool.settings
+    target = settings.moderation_model if (req.model in OPENAI_MODELS and
+                                           settings.moderation_model) else req.model
+    spec = pool.resolve(target)  # NotFoundError: unknown model, or no guard configured
+    if spec.kind != "guard" or not spec.guard_profile:
+        raise InvalidRequestError(f"The model '{target}' is not a guard model: {HOW_TO_ADD}",
+                                  param="model", code="model_not_supported")
+    prof = profile(spec.guard_profile)
+    engine = await pool.get(target)
     backends.require(engine, "moderate")
     texts = req.texts()
     ctx = int(getattr(engine, "slot_ctx", 0) or 0)
@@ -280,6 +267,13 @@ async def prepare_moderation(pool, body: dict | ModerationRequest, *, db, settin
                 for t in texts]
 
     prompts = await asyncio.to_thread(render_all)
-    return ModerationCall(engine=engine, model=guard["id"], requested=req.model, profile=prof,
+    return ModerationCall(engine=engine, model=spec.id, requested=req.model, profile=prof,
                           prompts=prompts, limits=thresholds(settings), request_id=request_id,
                           priority=priority)
+
+
+async def moderations(pool, body: dict, *, priority: Priority = Priority.INTERACTIVE,
+                      request_id: str) -> dict:
+    """A response body at once (the batch runner's one-step entry point)."""
+    return await (await prepare_moderation(pool, body, priority=priority,
+                                           request_id=request_id)).run()

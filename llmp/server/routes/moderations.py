@@ -3,21 +3,16 @@ admission, rate limits, usage rows and metrics as chat (`routes.inference._serve
 permission `moderation`."""
 from __future__ import annotations
 
-import functools
-
 from aiohttp import web
 
 from llmp.server.auth import requires
 from llmp.server.routes.inference import _serve
-from llmp.server.state import DB, SETTINGS
 from llmp.services import moderation
 
 
 @requires("moderation")
 async def create_moderation(request: web.Request) -> web.StreamResponse:
-    prepare = functools.partial(moderation.prepare_moderation, db=request.app[DB],
-                                settings=request.app[SETTINGS])
-    return await _serve(request, prepare, "/v1/moderations")
+    return await _serve(request, moderation.prepare_moderation, "/v1/moderations")
 
 
 def setup(app: web.Application) -> None:
