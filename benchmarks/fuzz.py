@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
               *(["--seed", str(args.seed)] if args.seed is not None else []),
               *([] if isolated else ["--exclude-operation-id", "webhooks_create"]),
               *args.st_args]
-        run = subprocess.run(st, capture_output=True, text=True,
+        # in the scratch folder: schemathesis keeps its cache (.schemathesis/) in its cwd
+        run = subprocess.run(st, capture_output=True, text=True, cwd=tmp,
                              env={**os.environ, "NO_COLOR": "1"})
         elapsed = time.monotonic() - t0
         after = health(url, timeout=10)

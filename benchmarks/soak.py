@@ -162,7 +162,7 @@ async def stream_once(session: aiohttp.ClientSession, url: str, key: str, model:
                         resp.connection.transport.abort()  # the client goes away mid-stream
                         return
             stats.count(200)
-    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+    except (TimeoutError, aiohttp.ClientError) as e:
         stats.count(f"client_error:{type(e).__name__}")
 
 

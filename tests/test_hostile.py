@@ -76,6 +76,11 @@ CASES = [
     ("/v1/auth/api-keys", {"name": "k", "limits": {"tokens_per_month": 10 ** 40}},
      400, "invalid_parameter", "limits.tokens_per_month"),
     ("/v1/auth/api-keys", {"name": "k", "tier": ["x"]}, 400, "invalid_parameter", "tier"),
+    # found by the fuzzer: a tool call without arguments (the template's tojson of an
+    # undefined value answered 500)
+    ("/v1/chat/completions",
+     {**CHAT, "messages": U + [{"role": "assistant", "tool_calls": [{"function": {"name": "f"}}]},
+                               {"role": "tool", "content": "x"}]}, 200, None, None),
     # one validation layer: top_p 0 is valid (greedy), not refused deeper down
     ("/v1/chat/completions", {**CHAT, "top_p": 0}, 200, None, None),
     ("/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 2, "top_p": 0},

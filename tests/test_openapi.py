@@ -85,7 +85,9 @@ def test_request_bodies_come_from_the_models(doc):
     for path, name in (("/v1/completions", "CompletionRequest"),
                        ("/v1/auth/api-keys", "CreateKeyRequest"),
                        ("/v1/batches", "CreateBatchRequest"),
-                       ("/v1/webhooks", "CreateWebhookRequest")):
+                       ("/v1/webhooks", "CreateWebhookRequest"),
+                       ("/v1/embeddings", "EmbeddingRequest"),
+                       ("/v1/moderations", "ModerationRequest")):
         assert paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
             "$ref": f"#/components/schemas/{name}"}, path
     form = paths["/v1/files"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]

@@ -74,6 +74,7 @@ def _normalize(messages: list[dict]) -> list[dict]:
             calls = []
             for c in m["tool_calls"]:
                 fn = dict(c.get("function", {}))
+                fn.setdefault("arguments", {})  # optional in our model; templates read it
                 if isinstance(fn.get("arguments"), str):
                     parsed = _loads_or_none(fn["arguments"])
                     if isinstance(parsed, dict):
@@ -144,6 +145,12 @@ def render_chat(engine: "Engine", messages: list[dict], *, tools: list[dict] | N
             bos_token=model.special_text("bos"), eos_token=model.special_text("eos"))
     except jinja2.TemplateError as e:
         raise InvalidRequestError(f"chat template error: {e}", param="messages") from None
+    except (TypeError, ValueError, RecursionError) as e:
+        # the template met a value of the request it cannot render (tojson of something
+        # undefined or cyclic, arithmetic on a string...): the request's problem, not ours
+        raise InvalidRequestError(f"chat template error: the messages cannot be rendered by "
+                                  f"this model's chat template ({type(e).__name__}: "
+                                  f"{str(e)[:200]})", param="messages") from None
     grammar = tool_call_grammar(forced, family) if forced else _response_grammar(response_format)
     return ChatPrompt(prompt=prompt, grammar=grammar, parse_tools=use_tools,
                       extra={"tool_family": family, "template": "gguf" if source else "chatml-fallback"})

@@ -9,16 +9,23 @@ auth layer answer, all in the spec's error format.
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
 from typing import Any
 
 from aiohttp import web
 from pydantic.json_schema import models_json_schema
 
+import llmp.protocol
 from llmp import __version__
-from llmp.protocol import inference as _inference  # noqa: F401  (registers its models)
-from llmp.protocol import resources as _resources  # noqa: F401
 from llmp.protocol.endpoints import Endpoint, endpoints_of
+
+
+def _import_protocol() -> None:
+    """Import every module of llmp.protocol, so each model's `@endpoint` has registered."""
+    for mod in pkgutil.iter_modules(llmp.protocol.__path__):
+        importlib.import_module(f"llmp.protocol.{mod.name}")
 
 OPENAPI_VERSION = "3.1.0"
 REF = "#/components/schemas/{model}"
@@ -98,6 +105,7 @@ def _operation_id(handler: Any, method: str, seen: set[str]) -> str:
 
 def build(app: web.Application) -> dict[str, Any]:
     """The OpenAPI 3.1 document of `app`'s routes."""
+    _import_protocol()
     routes: list[tuple[str, str, Any]] = []
     for route in app.router.routes():
         if route.method in ("HEAD", "*") or route.resource is None:
@@ -169,7 +177,9 @@ def build(app: web.Application) -> dict[str, Any]:
             ok: dict[str, Any] = {"application/json": {"schema": {"type": "object"}}}
             if body is not None and body.streams:
                 ok["text/event-stream"] = {"schema": {
-                    "type": "string", "description": "Server-sent events, with \"stream\": true"}}
+                    "type": "object", "description": "Server-sent events (with \"stream\": "
+                    "true): each `data` is a JSON chunk, the last one `[DONE]`",
+                    "properties": {"data": {"type": "string"}}}}
             if path.endswith("/content"):
                 ok = {"application/octet-stream": {"schema": {"type": "string",
                                                               "format": "binary"}}}
