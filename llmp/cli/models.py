@@ -3,7 +3,7 @@ quantize, synth, load, unload.
 
 These commands prepare a home before any server runs, so they work on the home directly
 (the registry in $LLMP_HOME/llmp.db), not through the server's API; `load` and `unload` act
-on the running server (its /admin/models endpoints).
+on the running server (its /v1/admin/models endpoints).
 """
 from __future__ import annotations
 
@@ -389,9 +389,9 @@ def load(model: ModelArg, url: UrlOpt = None, api_key: ApiKeyOpt = None,
     c = client()
     if err_console.is_terminal and not json_:
         with err_console.status(f"loading {model} ..."):
-            m = c.request("POST", "/admin/models/load", json={"model": model})
+            m = c.request("POST", "/v1/admin/models/load", json={"model": model})
     else:
-        m = c.request("POST", "/admin/models/load", json={"model": model})
+        m = c.request("POST", "/v1/admin/models/load", json={"model": model})
     if json_:
         print_json(m)
         return
@@ -415,5 +415,5 @@ def unload(
 
       llmp models unload tiny
     """
-    r = client().request("POST", "/admin/models/unload", json={"model": model, "force": force})
+    r = client().request("POST", "/v1/admin/models/unload", json={"model": model, "force": force})
     console.print(f"Unloaded {r['id']}." if r["unloaded"] else f"{r['id']} was not loaded.")

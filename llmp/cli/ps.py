@@ -1,6 +1,6 @@
 """`llmp ps`, `llmp stop`, `llmp logs`: the running server, seen and controlled as a process.
 
-`ps` asks the server (GET /admin/models) what it holds; `stop` signals the process recorded
+`ps` asks the server (GET /v1/admin/models) what it holds; `stop` signals the process recorded
 in `$LLMP_HOME/server.json` (SIGTERM: a graceful stop) and waits for it to exit; `logs` reads
 `$LLMP_HOME/logs/llmp.log`, the file `llmp serve` writes.
 """
@@ -44,7 +44,7 @@ def ps(url: UrlOpt = None, api_key: ApiKeyOpt = None, json_out: JsonOpt = False)
       llmp ps --json | jq '.data[].id'
     """
     c = client()
-    data = c.request("GET", "/admin/models")
+    data = c.request("GET", "/v1/admin/models")
     if json_out:
         print_json(data)
         return

@@ -1,14 +1,14 @@
 """Operator endpoints (admin key): what the model pool holds, and loading/unloading models.
-These back `llmp ps` and `llmp models load|unload`; they are llmp's own, outside /v1 (like
-/health), since neither the spec nor OpenAI has them.
+These back `llmp ps` and `llmp models load|unload`; they are llmp's own (neither the spec nor
+OpenAI has them), under /v1/admin/ because they take an API key as every /v1 route does.
 
-GET  /admin/models           {"object": "list", "data": [loaded model...], "loading": [ids],
+GET  /v1/admin/models           {"object": "list", "data": [loaded model...], "loading": [ids],
                               "keep_alive": s, "max_loaded_models": n}; a loaded model:
                               id, state, device, slots_busy, slots_total, slot_ctx,
                               queue_depth, model_bytes, kv_cache_bytes, tokens_per_second,
                               loaded_at, idle_seconds, keep_alive_left (s; null: never unloaded)
-POST /admin/models/load      {"model": ID} -> the loaded model (waits for the load)
-POST /admin/models/unload    {"model": ID, "force": false} -> {"id", "unloaded": bool};
+POST /v1/admin/models/load   {"model": ID} -> the loaded model (waits for the load)
+POST /v1/admin/models/unload {"model": ID, "force": false} -> {"id", "unloaded": bool};
                               a model with requests in flight is refused unless `force`
                               (they then end with 503)
 """
@@ -21,6 +21,8 @@ from typing import Any
 from aiohttp import web
 
 from llmp.errors import InvalidRequestError
+from llmp.protocol.admin import LoadModelRequest, UnloadModelRequest
+from llmp.protocol.base import parse
 from llmp.server.auth import requires
 from llmp.server.middleware import read_json
 from llmp.server.state import POOL, SETTINGS
@@ -36,14 +38,6 @@ def _entry(st: dict[str, Any], keep_alive: float) -> dict[str, Any]:
     return out
 
 
-def _model_param(body: dict) -> str:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequestError("'model' is required: a model id or alias", param="model",
-                                  code="missing_required_parameter")
-    return model
-
-
 @requires("admin")
 async def list_loaded(request: web.Request) -> web.Response:
     pool, settings = request.app[POOL], request.app[SETTINGS]
@@ -57,7 +51,7 @@ async def list_loaded(request: web.Request) -> web.Response:
 
 @requires("admin")
 async def load(request: web.Request) -> web.Response:
-    model = _model_param(await read_json(request))
+    model = parse(LoadModelRequest, await read_json(request)).model
     pool = request.app[POOL]
     t0 = time.perf_counter()
     eng = await pool.get(model)
@@ -70,12 +64,11 @@ async def load(request: web.Request) -> web.Response:
 
 @requires("admin")
 async def unload(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    model = _model_param(body)
+    body = parse(UnloadModelRequest, await read_json(request))
     pool = request.app[POOL]
-    spec = pool.resolve(model)  # NotFoundError for an unknown model
+    spec = pool.resolve(body.model)  # NotFoundError for an unknown model
     eng = pool.engine(spec.id)
-    if eng is not None and eng.busy and body.get("force") is not True:
+    if eng is not None and eng.busy and not body.force:
         raise InvalidRequestError(f"model {spec.id} has requests in flight; unload it with "
                                   "force (`llmp models unload --force`) to end them",
                                   param="model", code="model_busy")
@@ -83,6 +76,6 @@ async def unload(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get("/admin/models", list_loaded)
-    app.router.add_post("/admin/models/load", load)
-    app.router.add_post("/admin/models/unload", unload)
+    app.router.add_get("/v1/admin/models", list_loaded)
+    app.router.add_post("/v1/admin/models/load", load)
+    app.router.add_post("/v1/admin/models/unload", unload)
