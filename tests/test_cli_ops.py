@@ -69,7 +69,10 @@ def served(tiny_model_path, tmp_path_factory):
 @pytest.fixture
 def at_home(served, monkeypatch):
     """This test's CLI runs on the served home, with no LLMP_URL / LLMP_API_KEY."""
+    from llmp.cli import ui
+
     monkeypatch.setenv("LLMP_HOME", str(served["home"]))
+    monkeypatch.setattr(ui.console, "width", 160)  # tables unwrapped, whatever the terminal
     return served
 
 

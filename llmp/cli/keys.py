@@ -107,7 +107,8 @@ def create(
 def list_(json_out: JsonOpt = False, url: UrlOpt = None, api_key: ApiKeyOpt = None) -> None:
     """List keys (never their secrets) with their tier and limits, expiry and last use."""
     keys = client().request("GET", "/v1/auth/api-keys")["data"]
-    print_rows(keys, json_out, ("NAME", Column("ID", no_wrap=True), "PERMISSIONS", "TIER",
+    print_rows(keys, json_out, (Column("NAME", no_wrap=True), Column("ID", no_wrap=True),
+                                "PERMISSIONS", "TIER",
                                 "LIMITS", "STATUS", "EXPIRES", "LAST USED"),
                lambda k: (k["name"], k["id"], ", ".join(k["permissions"]), k["tier"],
                           limits_text(k), k["status"], _time(k["expires_at"]),
