@@ -49,8 +49,9 @@ import logging
 import math
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 import llama_cpp as L
 import numpy as np
@@ -60,10 +61,23 @@ from llmp.engine.chat import render_chat
 from llmp.engine.native import Model, gpu_offload_supported
 from llmp.engine.sampling import SamplerChain, backend_capable, token_logprob
 from llmp.engine.textstream import TextStream
-from llmp.engine.types import (ChatPrompt, Completion, Delta, GenerationRequest, Priority,
-                               SamplingParams, TokenLogprob, Usage)
-from llmp.errors import (ContextLengthExceededError, InvalidRequestError, LlmpError, ServerError,
-                         ServiceUnavailableError)
+from llmp.engine.types import (
+    ChatPrompt,
+    Completion,
+    Delta,
+    GenerationRequest,
+    Priority,
+    SamplingParams,
+    TokenLogprob,
+    Usage,
+)
+from llmp.errors import (
+    ContextLengthExceededError,
+    InvalidRequestError,
+    LlmpError,
+    ServerError,
+    ServiceUnavailableError,
+)
 from llmp.logs import event
 
 log = logging.getLogger("llmp.engine")
@@ -128,6 +142,12 @@ class _Slot:
     last: int | None = None  # sampled token, decoded in the next step
     out_idx: int = -1  # batch index of this slot's logits in the current step
     lora: LoraSet = ()  # the adapter set its cached KV was computed with
+
+    @property
+    def running(self) -> _Job:
+        """The job of a slot known to be busy."""
+        assert self.job is not None, f"slot {self.seq} has no job"
+        return self.job
 
 
 def _deliver(items: list[tuple[_Job, Delta]]) -> None:
@@ -205,7 +225,7 @@ class Engine:
         self._stopping = False
         self.loaded_at = time.time()
         self.last_used = time.monotonic()
-        self._counters = collections.Counter()
+        self._counters: collections.Counter[str] = collections.Counter()
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
         self._adapters: dict[str, Any] = {}  # GGUF path -> llama_adapter_lora pointer
         self._calls: list[tuple[Any, concurrent.futures.Future]] = []  # run on the step thread
@@ -222,7 +242,7 @@ class Engine:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, model_id: str, path: str, settings: Settings, *, n_ctx: int = 0, n_slots: int = 0,
-             backend_sampling: bool | None = None) -> "Engine":
+             backend_sampling: bool | None = None) -> Engine:
         """Load a GGUF file and start its engine (blocking: call it in a worker thread)."""
         model = Model(path, n_gpu_layers=settings.n_gpu_layers, log_level=settings.log_level)
         try:
@@ -256,7 +276,11 @@ class Engine:
         step builds its graph."""
         todo = [p for p in dict.fromkeys(paths) if p not in self._adapters]
         if todo:
-            await asyncio.wrap_future(self._call(lambda: [self._load_adapter(p) for p in todo]))
+            def load_all() -> None:
+                for p in todo:
+                    self._load_adapter(p)
+
+            await asyncio.wrap_future(self._call(load_all))
 
     def _load_adapter(self, path: str) -> None:
         if path in self._adapters:
@@ -526,7 +550,7 @@ class Engine:
         """Deliver an error to the slot's job (after the deltas already queued for it, so the
         error comes last), free the slot and forget its KV cache."""
         self._flush()
-        slot.job.send(e if isinstance(e, LlmpError) else ServerError(f"engine step failed: {e}"))
+        slot.running.send(e if isinstance(e, LlmpError) else ServerError(f"engine step failed: {e}"))
         self._release(slot)
         L.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
         slot.cache.clear()
@@ -590,8 +614,10 @@ class Engine:
     def _victim(self, job: _Job) -> _Slot | None:
         """The slot to preempt for `job`: among those running a job of lower priority, the one
         that generated least, latest arrival first (the least work to redo); None if none."""
-        running = [s for s in self._slots if s.job.req.priority > job.req.priority]
-        return min(running, key=lambda s: (len(s.job.generated), -s.job.order), default=None)
+        running = [s for s in self._slots
+                   if s.job is not None and s.job.req.priority > job.req.priority]
+        return min(running, key=lambda s: (len(s.running.generated), -s.running.order),
+                   default=None)
 
     def _suspend(self, slot: _Slot) -> None:
         """Preempt the slot's job: back to the queue with its original place, keeping its
@@ -609,7 +635,7 @@ class Engine:
 
     def _detach(self, slot: _Slot) -> _Job:
         """Take the job off the slot (the KV cache and `slot.cache` are left as they are)."""
-        job = slot.job
+        job = slot.running
         if job.backend:
             L.llama_set_sampler(self.ctx, slot.seq, None)
         slot.job, slot.todo, slot.last = None, [], None
@@ -645,7 +671,7 @@ class Engine:
                 s.last = None
         budget = self.n_batch - n
         # prefill budget: interactive jobs first, then by arrival
-        for s in sorted((s for s in active if s.todo), key=lambda s: (s.job.req.priority, s.job.order)):
+        for s in sorted((s for s in active if s.todo), key=lambda s: (s.running.req.priority, s.running.order)):
             if budget <= 0:
                 break
             chunk, s.todo = s.todo[:budget], s.todo[budget:]
@@ -655,9 +681,9 @@ class Engine:
                 s.out_idx = n - 1
             budget -= len(chunk)
         b.n_tokens = n
-        switched = active[0].job.lora != self._applied
+        switched = active[0].running.lora != self._applied
         if switched:
-            self._apply(active[0].job.lora)
+            self._apply(active[0].running.lora)
         # The previous step's deltas: sent now, the event loop does its work while
         # llama_decode runs without the GIL instead of contending for it with this thread.
         self._flush()
@@ -686,18 +712,18 @@ class Engine:
         """The slots this step serves: all of them when they share one adapter set (the
         common case), else one group's, in turns (see the module docstring)."""
         self._steps += 1
-        first = active[0].job.lora
-        if all(s.job.lora == first for s in active):
+        first = active[0].running.lora
+        if all(s.running.lora == first for s in active):
             self._group = first
             return active
-        groups = {s.job.lora for s in active}
+        groups = {s.running.lora for s in active}
         if self._group not in groups or self._group_left <= 0:
             others = [g for g in groups if g != self._group] or list(groups)
             self._group = min(others, key=lambda g: self._served.get(g, -1))
             self._group_left = self._quantum()
         self._group_left -= 1
         self._served[self._group] = self._steps
-        return [s for s in active if s.job.lora == self._group]
+        return [s for s in active if s.running.lora == self._group]
 
     def _quantum(self) -> int:
         """Steps per turn: enough that switching costs at most LORA_SWITCH_SHARE of a turn."""
@@ -707,7 +733,7 @@ class Engine:
         return int(min(LORA_QUANTUM_MAX, max(LORA_QUANTUM_MIN, -(-want // 1))))
 
     def _sample(self, s: _Slot, now: float) -> None:
-        job = s.job
+        job = s.running
         p = job.req.params
         if job.req.score_tokens is not None:  # a scoring job: read the logits, generate nothing
             ptr = L.llama_get_logits_ith(self.ctx, s.out_idx)
@@ -745,7 +771,7 @@ class Engine:
                 self._emit(s, text)
 
     def _emit(self, s: _Slot, text: str, finish: str | None = None, usage: Usage | None = None) -> None:
-        job = s.job
+        job = s.running
         d = Delta(text=text, token_ids=job.ids, finish_reason=finish, usage=usage,
                   logprobs=job.lps if job.req.params.logprobs is not None else None,
                   scores=job.scores if finish is not None else None)
@@ -756,9 +782,9 @@ class Engine:
         self._outbox.append((job, d))
 
     def _finish(self, s: _Slot, reason: str, text: str) -> None:
-        job = s.job
+        job = s.running
         text += job.text.finish()
         usage = Usage(prompt_tokens=len(job.tokens), completion_tokens=len(job.generated),
-                      cached_tokens=job.cached)
+                      cached_tokens=job.cached or 0)
         self._emit(s, text, reason, usage)
         self._release(s)
