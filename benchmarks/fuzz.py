@@ -2,7 +2,7 @@
 
     python3 benchmarks/fuzz.py [--max-examples 10] [--max-time 60] [--phases ...] [-- st args]
 
-Starts `llmp serve` on a fresh home with a tiny synthetic model, waits for /health, runs
+Starts `llmp serve` on a fresh home with tiny synthetic chat and embedding models, waits for /health, runs
 `st run <url>/openapi.json` with the admin key on every operation, then checks that the server
 still answers /health, stops it with SIGTERM and reads its log. Exit 0 only when schemathesis
 found nothing (no 5xx, every status and body as documented: every 4xx in the spec's error
@@ -59,7 +59,7 @@ def private_network() -> bool:
         return False
 
 
-def start_server(home: Path, model: Path, log_path: Path, *,
+def start_server(home: Path, models: list[Path], log_path: Path, *,
                  allow_private: bool) -> tuple[subprocess.Popen, str, str]:
     env = {**os.environ, "LLMP_HOME": str(home), "LLMP_N_THREADS": "1",
            # loopback webhooks for the seeded endpoint: only ever used inside the namespace
@@ -68,7 +68,8 @@ def start_server(home: Path, model: Path, log_path: Path, *,
     env.pop("LLMP_ADMIN_KEY", None)
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "llmp.cli.main", "serve", "--port", "0",
-                             "--model", str(model), "--slots", "4", "--ctx", "256"],
+                             *(a for m in models for a in ("--model", str(m))),
+                             "--slots", "4", "--ctx", "256"],
                             stdout=log, stderr=subprocess.STDOUT, env=env, text=True)
     url = key = None
     deadline = time.monotonic() + 120
@@ -119,7 +120,8 @@ def seed_resources(url: str, key: str, webhooks: bool) -> dict[str, list]:
     """Real ids for the fuzzer to use some of the time (random ids only ever meet a 404): the
     model, a file, a batch, a webhook endpoint, a spare key, and the admin key's own id
     (revoking it must be refused)."""
-    model = api(url, key, "GET", "/v1/models")["data"][0]["id"]
+    listed = [m["id"] for m in api(url, key, "GET", "/v1/models")["data"]]
+    model = next(m for m in listed if "embed" not in m)
     line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
             "body": {"model": model, "max_tokens": 4,
                      "messages": [{"role": "user", "content": "hi"}]}}
@@ -136,7 +138,7 @@ def seed_resources(url: str, key: str, webhooks: bool) -> dict[str, list]:
     spare = api(url, key, "POST", "/v1/auth/api-keys", {"name": "spare", "permissions":
                                                          ["inference", "models.read"]})
     keys = api(url, key, "GET", "/v1/auth/api-keys")["data"]
-    ids = {"models": [model], "file_ids": [file_id], "batch_ids": [batch_id],
+    ids = {"models": listed, "file_ids": [file_id], "batch_ids": [batch_id],
            "key_ids": [spare["id"]] + [k["id"] for k in keys if k["id"] != spare["id"]]}
     if webhooks:  # only inside the private network namespace (see the module doc)
         ids["webhook_ids"] = [api(url, key, "POST", "/v1/webhooks", {
@@ -179,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="llmp-fuzz-")) if args.keep is None else args.keep
     tmp.mkdir(parents=True, exist_ok=True)
-    model = synthesize("tiny", tmp / "tiny-f16.gguf", dtype="f16")
+    models = [synthesize("tiny", tmp / "tiny-f16.gguf", dtype="f16"),
+              synthesize("embed", tmp / "embed-f16.gguf", dtype="f16")]
     log_path = tmp / "serve.log"
-    proc, url, key = start_server(tmp / "home", model, log_path, allow_private=isolated)
+    proc, url, key = start_server(tmp / "home", models, log_path, allow_private=isolated)
     t0 = time.monotonic()
     try:
         up = health(url)
