@@ -318,3 +318,45 @@ def test_batch_of_moderations(gsrv):
                           completion_window="24h")
     done = wait(c2, b.id)
     assert done.request_counts.failed == 1, done
+
+
+def test_input_moderation_per_key(gsrv):
+    """A key with `moderate_input`: chat/completions input the guard flags is refused with
+    400 content_policy_violation naming the categories (batch lines fail the same way); other
+    keys are not checked."""
+    import io
+
+    from test_batches import results, wait
+
+    perms = ["inference", "files.write", "files.read", "batches.write", "batches.read"]
+    key = gsrv.make_key(permissions=perms, moderate_input=True)
+    plain = gsrv.make_key(permissions=perms)
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": TEXT}], "max_tokens": 2}
+    old = gsrv.settings.moderation_threshold
+    gsrv.settings.moderation_threshold = 0.0  # every category's score reaches it: flagged
+    try:
+        st, _, err = gsrv.request("POST", "/v1/chat/completions", json=chat, key=key)
+        assert st == 400 and err["error"]["code"] == "content_policy_violation", err
+        assert "violence" in err["error"]["message"] and err["error"]["param"] == "messages"
+        st, _, err = gsrv.request("POST", "/v1/completions",
+                                  json={"model": "tiny", "prompt": TEXT, "max_tokens": 2},
+                                  key=key)
+        assert st == 400 and err["error"]["code"] == "content_policy_violation"
+        st, _, ok = gsrv.request("POST", "/v1/chat/completions", json=chat, key=plain)
+        assert st == 200, ok
+        client = gsrv.openai(key)
+        line = {"custom_id": "c-1", "method": "POST", "url": "/v1/chat/completions",
+                "body": chat}
+        f = client.files.create(file=("in.jsonl", io.BytesIO(json.dumps(line).encode() + b"\n")),
+                                purpose="batch")
+        b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+        done = wait(client, b.id)
+        assert done.request_counts.failed == 1, done
+        errs = results(client, done.error_file_id)
+        assert errs[0]["response"]["body"]["error"]["code"] == "content_policy_violation"
+    finally:
+        gsrv.settings.moderation_threshold = old
+    st, _, created = gsrv.request("POST", "/v1/auth/api-keys",
+                                  json={"name": "m", "moderate_input": True})
+    assert st in (200, 201) and created["moderate_input"] is True

@@ -356,3 +356,10 @@ def m0090_model_guard_profile(db: Database) -> None:
     # A guard model (moderations): the profile that renders its prompt and reads its verdict
     # ("llama-guard-3", "qwen3-guard"); NULL for every other model.
     db["models"].add_column("guard_profile", str)
+
+
+@MIGRATIONS(name="0091_api_keys_moderate_input")
+def m0091_api_keys_moderate_input(db: Database) -> None:
+    # 1: the key's chat/completions inputs (HTTP and batch lines) are checked by the guard
+    # model first; flagged input is refused with 400 content_policy_violation
+    db["api_keys"].add_column("moderate_input", int, not_null_default=0)

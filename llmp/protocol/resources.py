@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StrictStr, WithJsonSchema, field_validator
+from pydantic import Field, StrictBool, StrictStr, WithJsonSchema, field_validator
 
 from llmp.protocol.base import RequestModel, number
 from llmp.protocol.endpoints import endpoint
@@ -48,6 +48,8 @@ class CreateKeyRequest(RequestModel):
     limits: KeyLimits | None = None
     tier: Literal[TIER_NAMES] | None = None  # type: ignore[valid-type]
     expires_at: StrictStr | None = None
+    # check this key's chat/completions inputs with the guard model first (moderations)
+    moderate_input: StrictBool | None = None
 
     @field_validator("permissions")
     @classmethod

@@ -560,6 +560,11 @@ class BatchRunner:
             while True:
                 try:
                     key = self._line_key(b)
+                    if key is not None and key.get("moderate_input") and \
+                            b["endpoint"] in moderation.MODERATED_ENDPOINTS:
+                        await moderation.check_input(self.pool, b["endpoint"], body,
+                                                     request_id=request_id,
+                                                     priority=Priority.BATCH)
                     call = await PREPARE[b["endpoint"]](self.pool, body, request_id=request_id,
                                                         priority=Priority.BATCH)
                     call.check_context()

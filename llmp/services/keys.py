@@ -105,6 +105,7 @@ def public(key: dict) -> dict[str, Any]:
         "expires_at": timefmt.api_iso(key.get("expires_at")),
         "last_used_at": timefmt.api_iso(key.get("last_used_at")),
         "revoked_at": timefmt.api_iso(key.get("revoked_at")),
+        "moderate_input": bool(key.get("moderate_input")),
     }
 
 
@@ -123,6 +124,8 @@ def validate_create(body: dict | CreateKeyRequest) -> dict[str, Any]:
             raise InvalidRequestError("'expires_at' is in the past", param="expires_at",
                                       code="invalid_parameter")
         cols["expires_at"] = timefmt.iso(t)
+    if req.moderate_input:
+        cols["moderate_input"] = 1
     return cols
 
 

@@ -277,3 +277,56 @@ async def moderations(pool, body: dict, *, priority: Priority = Priority.INTERAC
     """A response body at once (the batch runner's one-step entry point)."""
     return await (await prepare_moderation(pool, body, priority=priority,
                                            request_id=request_id)).run()
+
+
+# ----------------------------------------------------------------------------- input moderation
+def _texts_of(value: Any) -> list[str]:
+    """Every string in a message content / prompt (text parts included), in order."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [t for v in value for t in _texts_of(v)]
+    if isinstance(value, dict):
+        if isinstance(value.get("text"), str):
+            return [value["text"]]
+        return _texts_of(value.get("content"))
+    return []
+
+
+def input_texts(endpoint: str, body: Any) -> list[str]:
+    """What a chat/completions body sends the model, one text per message / prompt (token id
+    prompts are not text: they are left out)."""
+    if not isinstance(body, dict):
+        return []
+    if endpoint == "/v1/chat/completions":
+        msgs = body.get("messages") if isinstance(body.get("messages"), list) else []
+        out = ["\n".join(_texts_of(m.get("content"))) for m in msgs if isinstance(m, dict)]
+    else:
+        p = body.get("prompt")
+        out = [p] if isinstance(p, str) else [x for x in p if isinstance(x, str)] \
+            if isinstance(p, list) else []
+    return [t for t in out if t.strip()]
+
+
+async def check_input(pool, endpoint: str, body: Any, *, request_id: str,
+                      priority: Priority = Priority.INTERACTIVE) -> None:
+    """For a key with input moderation: InvalidRequestError 400 `content_policy_violation`
+    naming the flagged categories when the guard flags any of the request's input texts."""
+    texts = input_texts(endpoint, body)
+    if not texts:
+        return
+    call = await prepare_moderation(pool, {"input": texts, "model": "omni-moderation-latest"},
+                                    priority=priority, request_id=request_id)
+    call.check_context()
+    resp = await call.run()
+    flagged = sorted({c for r in resp["results"] for c, v in r["categories"].items() if v})
+    if flagged:
+        raise InvalidRequestError(
+            "Your input was flagged by the content policy of this API key (categories: "
+            f"{', '.join(flagged)}); it was not processed.",
+            param="messages" if endpoint == "/v1/chat/completions" else "prompt",
+            code="content_policy_violation")
+
+
+#: the endpoints whose inputs a key's input moderation checks
+MODERATED_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")

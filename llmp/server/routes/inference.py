@@ -21,7 +21,7 @@ from llmp.server.auth import requires
 from llmp.server.middleware import read_json
 from llmp.server.state import (API_KEY, DB, EVENTS, LIMITER, LOG_FIELDS, METRICS, POOL,
                                REQUEST_ID, SHUTDOWN)
-from llmp.services import inference, usage
+from llmp.services import inference, moderation, usage
 from llmp.services.limits import Admission
 from llmp.services.models import model_version
 
@@ -96,6 +96,10 @@ async def _serve(request: web.Request, prepare: Prepare, endpoint: str) -> web.S
         body = await read_json(request)
         model = body.get("model") if isinstance(body.get("model"), str) else None
         limiter.check_quota(key)  # a key over its quota is refused before any work
+        if key.get("moderate_input") and endpoint in moderation.MODERATED_ENDPOINTS:
+            # the key's input moderation: the guard model sees the input first
+            await moderation.check_input(app[POOL], endpoint, body,
+                                         request_id=request[REQUEST_ID])
         registered = db_models.get(db, model) if model else None
         call = await prepare(app[POOL], body, request_id=request[REQUEST_ID],
                              model_version=model_version(registered) if registered else None)
