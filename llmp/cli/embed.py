@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmp.cli.ui import JsonOpt, console, print_json
+from llmp.cli.ui import ApiKeyOpt, JsonOpt, UrlOpt, console, print_json
+from llmp.cli.ui import client as api_client
 from llmp.client import Client
 from llmp.errors import InvalidRequestError, NotFoundError
 
@@ -30,12 +31,14 @@ def embed(
     dimensions: Annotated[Optional[int], typer.Option(
         "--dimensions", help="Truncate to this many dimensions (models that support it).")] = None,
     json_out: JsonOpt = False,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Embed texts with an embedding model of the running server."""
     texts = [sys.stdin.read() if t == "-" else t for t in text]
     if not texts or any(not t for t in texts):
         raise InvalidRequestError("give non-empty texts to embed", param="text")
-    client = Client()
+    client = api_client()
     body: dict = {"model": model or first_model(client, "embedding"), "input": texts,
                   "encoding_format": "float"}
     if dimensions is not None:

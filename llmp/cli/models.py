@@ -18,6 +18,7 @@ from rich.table import Table
 
 from llmp.cli.ui import (ApiKeyOpt, JsonOpt, UrlOpt, YesOpt, client, console, err_console,
                          human_bytes, print_json)
+from llmp.cli.ui import table as ui_table
 from llmp.config import load_settings
 from llmp.db import open_home
 from llmp.db import models as db_models
@@ -215,7 +216,7 @@ def list_(
     if not records:
         console.print("No models. Add one with `llmp models pull` or `llmp models add`.")
         return
-    table = Table(box=None, header_style="bold")
+    table = ui_table()  # the CLI's one table style
     table.add_column("ID", no_wrap=True)
     for col in ("CATEGORY", "SIZE", "PARAMS", "QUANT", "CONTEXT", "FILE", "PROVIDER"):
         table.add_column(col, no_wrap=True,

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from llmp.cli.ui import JsonOpt, console, print_json
-from llmp.client import Client
+from llmp.cli.ui import ApiKeyOpt, JsonOpt, UrlOpt, console, print_json
+from llmp.cli.ui import client as api_client
 from llmp.errors import InvalidRequestError
 
 
@@ -18,6 +18,8 @@ def moderate(
         "--model", "-m", help="Guard model id (default: omni-moderation-latest, the configured "
         "guard).")] = None,
     json_out: JsonOpt = False,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Classify texts for safety with the server's guard model: a table of categories and scores."""
     texts = [sys.stdin.read() if t == "-" else t for t in text]
@@ -26,7 +28,7 @@ def moderate(
     body: dict = {"input": texts[0] if len(texts) == 1 else texts}
     if model:
         body["model"] = model
-    resp = Client().request("POST", "/v1/moderations", json=body)
+    resp = api_client().request("POST", "/v1/moderations", json=body)
     if json_out:
         print_json(resp)
         return
