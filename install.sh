@@ -37,6 +37,7 @@ esac
 nocache=""
 if [ "${LLMP_NATIVE:-0}" = 1 ]; then portable="-DGGML_NATIVE=ON"; nocache="--no-cache-dir"; fi
 export CMAKE_ARGS="$portable $CMAKE_ARGS"
+echo "llmp: installing; the first build of llama.cpp takes minutes (about 5 on 2 cores) and pip prints nothing meanwhile"
 "$py" -m pip install --quiet --disable-pip-version-check $nocache -e ".${extras}"
 # A wheel from pip's cache may have been built elsewhere for a CPU with more instructions than
 # this one (it then dies with SIGILL mid-inference): check what it was built with against what
