@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from typing import Any
 
 try:  # huggingface_hub and openai bring httpx2 (httpx's API under a new name) or httpx
     import httpx2 as httpx
@@ -286,7 +287,7 @@ class Client(_Base):
             self._http.close()
             self._http = None
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -349,7 +350,7 @@ class AsyncClient(_Base):
         if self._own:
             await self.http.aclose()
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

@@ -63,7 +63,7 @@ class TextFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc)
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC)
             .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname.lower(), "logger": record.name,
             "event": getattr(record, "llmp_event", None) or "log",

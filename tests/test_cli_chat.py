@@ -1,9 +1,9 @@
 """`llmp chat` against a running server: streamed replies, commands, history, resume."""
 from __future__ import annotations
 
+from llmp.config import load_settings
 from llmp.db import chat as db_chat
 from llmp.db import open_home
-from llmp.config import load_settings
 from llmp.server.state import POOL
 
 

@@ -11,11 +11,12 @@ import json
 
 import numpy as np
 import pytest
-from schema_check import check
 
 from llmp.models import registry
 from llmp.models.synth import synthesize
 from llmp.server.state import POOL, WRITER
+
+from schema_check import check
 
 TEXTS = ["Hello, how are you today?", "The quick brown fox jumps over the lazy dog.",
          "def fibonacci(n): return n", "Bonjour 🙂"]

@@ -12,7 +12,8 @@ embedding model, embeddings on a chat model) into one clear 400.
 """
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Protocol, runtime_checkable
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, runtime_checkable
 
 from llmp.errors import InvalidRequestError
 

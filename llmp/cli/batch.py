@@ -11,9 +11,17 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from llmp.cli.files import upload_file
+from llmp.cli.ui import (
+    ApiKeyOpt,
+    JsonOpt,
+    UrlOpt,
+    console,
+    err_console,
+    print_json,
+    print_rows,
+    when,
+)
 from llmp.cli.ui import client as api_client
-from llmp.cli.ui import (ApiKeyOpt, JsonOpt, UrlOpt, console, err_console, print_json,
-                         print_rows, when)
 from llmp.client import Client
 from llmp.errors import InvalidRequestError, LlmpError, NotFoundError
 from llmp.services.batches import ENDPOINTS, read_lines, validate_lines

@@ -208,8 +208,8 @@ def _model_path(settings: Settings, model: str | None, preset: str | None) -> tu
 
 def _adapter_paths(settings: Settings, model_id: str, path: str, k: int, rank: int) -> list[str]:
     """K adapters for the model: its registered ones first, then random ones (cached)."""
-    from llmp.db import open_home
     from llmp.db import models as db_models
+    from llmp.db import open_home
     from llmp.models.lora import synth_adapter
 
     out: list[str] = []
@@ -341,7 +341,7 @@ def bench(
                          style="bold")
     for c in levels:
         row = [str(c)]
-        for name, runs in results.items():
+        for runs in results.values():
             r = runs[c]
             row += [f"{r.tps:,.1f}", f"{r.ttft(0.5) * 1000:,.0f} / {r.ttft(0.95) * 1000:,.0f}"]
         for n in others:

@@ -10,15 +10,17 @@ the banner on stderr.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.live import Live
 from rich.markdown import Markdown
 from rich.markup import escape
 
-from llmp.cli.ui import ApiKeyOpt, UrlOpt, client as api_client, console, err_console
+from llmp.cli.ui import ApiKeyOpt, UrlOpt, console, err_console
+from llmp.cli.ui import client as api_client
 from llmp.client import Client
 from llmp.config import load_settings
 from llmp.db import open_home

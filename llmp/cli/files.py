@@ -7,9 +7,18 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+from llmp.cli.ui import (
+    ApiKeyOpt,
+    JsonOpt,
+    UrlOpt,
+    console,
+    err_console,
+    human_bytes,
+    print_json,
+    print_rows,
+    when,
+)
 from llmp.cli.ui import client as api_client
-from llmp.cli.ui import (ApiKeyOpt, JsonOpt, UrlOpt, console, err_console, human_bytes,
-                         print_json, print_rows, when)
 from llmp.client import Client
 from llmp.errors import InvalidRequestError
 from llmp.services.files import PURPOSES, UPLOAD_PURPOSES

@@ -2,7 +2,7 @@
 Keys are named by id (key_...) or by name wherever a command takes one."""
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Column
@@ -87,7 +87,7 @@ def create(
 
       llmp keys create ci --tier free --expires 2027-01-31 --json
     """
-    body = {"name": name, "tier": tier, "expires_at": expires,
+    body: dict[str, Any] = {"name": name, "tier": tier, "expires_at": expires,
             "rate_limit": {"requests_per_minute": rpm, "tokens_per_minute": tpm},
             "limits": {"monthly_budget": budget, "requests_per_month": monthly_requests,
                        "tokens_per_month": monthly_tokens}}

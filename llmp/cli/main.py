@@ -6,28 +6,28 @@ and the error's exit code (no traceback).
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 import click
 import typer
 from rich.markup import escape
 
 from llmp import __version__
-from llmp.cli import bench as bench_cmd
-from llmp.cli import doctor as doctor_cmd
-from llmp.cli import models as models_cmd
-from llmp.cli import chat as chat_cmd
-from llmp.cli import keys as keys_cmd
-from llmp.cli import serve as serve_cmd
-from llmp.cli import usage as usage_cmd
 from llmp.cli import batch as batch_cmd
-from llmp.cli import files as files_cmd
-from llmp.cli import webhooks as webhooks_cmd
-from llmp.cli import embed as embed_cmd
-from llmp.cli import moderate as moderate_cmd
+from llmp.cli import bench as bench_cmd
+from llmp.cli import chat as chat_cmd
 from llmp.cli import config as config_cmd
+from llmp.cli import doctor as doctor_cmd
+from llmp.cli import embed as embed_cmd
+from llmp.cli import files as files_cmd
+from llmp.cli import keys as keys_cmd
+from llmp.cli import models as models_cmd
+from llmp.cli import moderate as moderate_cmd
 from llmp.cli import ps as ps_cmd
 from llmp.cli import run as run_cmd
+from llmp.cli import serve as serve_cmd
+from llmp.cli import usage as usage_cmd
+from llmp.cli import webhooks as webhooks_cmd
 from llmp.cli.ui import CONN, err_console
 from llmp.errors import LlmpError
 
@@ -103,7 +103,8 @@ def _label(param: object) -> str:
     return _METAVARS.get(getattr(annotation, "__name__", ""), "VALUE")
 
 
-def readable_metavars(cmd: click.Command) -> click.Command:
+def readable_metavars(cmd: Any) -> Any:
+    # Any: typer builds its commands on its own copy of click (typer._click), not `click`
     """Help shows `--port N`, `--model TEXT`, `MODEL`, not typer's Python types
     (`<int>`, `<list[str]>`, `<bool>`); flags show no metavar."""
     for param in getattr(cmd, "params", []):

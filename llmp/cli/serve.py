@@ -82,11 +82,10 @@ def _on_signal(stop: asyncio.Event) -> None:
 
 async def _serve(settings, models: list[dict], new_admin_key: str | None,
                  adapters: dict[str, dict] | None = None, log_file=None) -> None:
+    from llmp.client import connectable
     from llmp.server import runner as server_runner
     from llmp.server.app import create_app
     from llmp.server.state import DB, POOL
-
-    from llmp.client import connectable
 
     app = create_app(settings, adapters=adapters)
     # the grace period is `graceful_stop`'s; aiohttp's own wait after it is short

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich import box
@@ -43,7 +44,7 @@ ApiKeyOpt = Annotated[Optional[str], typer.Option(
     rich_help_panel="Server")]
 
 
-def client(**kwargs: Any) -> "Client":
+def client(**kwargs: Any) -> Client:
     """The API client for this command line's --url / --api-key (see `llmp.client`)."""
     from llmp.client import Client
 

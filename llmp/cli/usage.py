@@ -21,7 +21,7 @@ def parse_day(value: str | None, flag: str, today: dt.date | None = None) -> str
     YYYY-MM-DD, `today`, `yesterday`, or `Nd` (the last N days, today included)."""
     if value is None:
         return None
-    today = today or dt.datetime.now(dt.timezone.utc).date()
+    today = today or dt.datetime.now(dt.UTC).date()
     v = value.strip().lower()
     if v == "today":
         return today.isoformat()
@@ -105,15 +105,15 @@ def usage(
         print_json(data)
         return
     groups: dict[str, dict] = {}
-    for e in data["data"]:
-        name = e["date"] if by == "day" else e["key_id"] if by == "key" else e["model"]
+    for row in data["data"]:
+        name = row["date"] if by == "day" else row["key_id"] if by == "key" else row["model"]
         g = groups.setdefault(name or "-", {"requests": 0, "errors": 0, "prompt": 0,
                                             "completion": 0, "cost": 0.0})
-        g["requests"] += e["requests"]
-        g["errors"] += e["errors"]
-        g["prompt"] += e["tokens"]["prompt_tokens"]
-        g["completion"] += e["tokens"]["completion_tokens"]
-        g["cost"] += e["cost"]["amount"]
+        g["requests"] += row["requests"]
+        g["errors"] += row["errors"]
+        g["prompt"] += row["tokens"]["prompt_tokens"]
+        g["completion"] += row["tokens"]["completion_tokens"]
+        g["cost"] += row["cost"]["amount"]
     t = data["total"]
     lat = t["latency"]
 

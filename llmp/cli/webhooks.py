@@ -7,8 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmp.cli.ui import (ApiKeyOpt, JsonOpt, UrlOpt, client, console, err_console, print_json,
-                         print_rows, when)
+from llmp.cli.ui import (
+    ApiKeyOpt,
+    JsonOpt,
+    UrlOpt,
+    client,
+    console,
+    err_console,
+    print_json,
+    print_rows,
+    when,
+)
 from llmp.errors import LlmpError, ServiceUnavailableError
 from llmp.services.webhooks import EVENTS
 

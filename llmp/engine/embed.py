@@ -129,7 +129,7 @@ class EmbeddingEngine:
 
     @classmethod
     def load(cls, model_id: str, path: str, settings: Settings, *, n_batch: int = 0,
-             **_: Any) -> "EmbeddingEngine":
+             **_: Any) -> EmbeddingEngine:
         """Load a GGUF file and start its engine (blocking: call it in a worker thread)."""
         model = Model(path, n_gpu_layers=settings.n_gpu_layers, log_level=settings.log_level)
         try:

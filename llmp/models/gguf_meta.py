@@ -13,9 +13,10 @@ import functools
 import hashlib
 import re
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from llmp.errors import ModelError
 
@@ -79,7 +80,8 @@ class GGUFInfo:
     @property
     def handles_tools(self) -> bool:
         """Whether the chat template renders a `tools` list (so function calling can work)."""
-        return bool(self.chat_template) and "tools" in self.chat_template
+        template = self.chat_template
+        return bool(template) and template is not None and "tools" in template
 
 
 def split_parts(path: Path) -> list[Path]:

@@ -15,9 +15,9 @@ import collections
 import dataclasses
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -167,7 +167,7 @@ def build_vocab(preset: Preset) -> tuple[list[str], list[int], list[str], dict[s
 def _tensor_plan(p: Preset, n_vocab: int) -> list[tuple[str, tuple[int, ...], float]]:
     """(name, numpy shape, std) in file order; numpy shape is ggml's ne reversed."""
     d, kv = p.n_embd, p.n_embd // p.n_head * p.n_head_kv
-    plan = [("token_embd.weight", (n_vocab, d), 0.5)]
+    plan: list[tuple[str, tuple[int, ...], float]] = [("token_embd.weight", (n_vocab, d), 0.5)]
     s = 1.0 / np.sqrt(d)
     for i in range(p.n_layer):
         b = f"blk.{i}."

@@ -57,7 +57,7 @@ class ModerationImagePart(OpenModel):
     image_url: ModerationImageURL
 
 
-ModerationPart = Annotated[Union[ModerationTextPart, ModerationImagePart],
+ModerationPart = Annotated[ModerationTextPart | ModerationImagePart,
                            Field(discriminator="type")]
 
 
@@ -65,8 +65,9 @@ ModerationPart = Annotated[Union[ModerationTextPart, ModerationImagePart],
 class ModerationRequest(RequestModel):
     """POST /v1/moderations"""
 
-    input: Union[StrictStr, Annotated[list[StrictStr], Field(min_length=1, max_length=MAX_INPUTS)],
-                 Annotated[list[ModerationPart], Field(min_length=1, max_length=MAX_INPUTS)]]
+    input: (StrictStr
+            | Annotated[list[StrictStr], Field(min_length=1, max_length=MAX_INPUTS)]
+            | Annotated[list[ModerationPart], Field(min_length=1, max_length=MAX_INPUTS)])
     model: NonEmptyStr = "omni-moderation-latest"
 
     @field_validator("input")

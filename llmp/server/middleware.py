@@ -15,13 +15,27 @@ import time
 
 from aiohttp import web
 
-from llmp.errors import (InvalidRequestError, LlmpError, NotFoundError, PayloadTooLargeError,
-                         ServerError, ServiceUnavailableError)
+from llmp.errors import (
+    InvalidRequestError,
+    LlmpError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServerError,
+    ServiceUnavailableError,
+)
 from llmp.ids import new_id
 from llmp.logs import event
 from llmp.protocol.base import loads
-from llmp.server.state import (API_KEY, IN_FLIGHT, LIMITER, LOG_FIELDS, METRICS, REQUEST_ID,
-                               SETTINGS, SHUTDOWN)
+from llmp.server.state import (
+    API_KEY,
+    IN_FLIGHT,
+    LIMITER,
+    LOG_FIELDS,
+    METRICS,
+    REQUEST_ID,
+    SETTINGS,
+    SHUTDOWN,
+)
 
 log = logging.getLogger("llmp.server")
 access_log = logging.getLogger("llmp.access")

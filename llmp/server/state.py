@@ -14,6 +14,7 @@ from llmp.events import Bus
 from llmp.server.metrics import Metrics
 from llmp.services.limits import Limiter
 
+
 @dataclass
 class Shutdown:
     """Where a graceful stop stands (see `llmp.server.runner.graceful_stop`)."""
