@@ -35,6 +35,8 @@ BATCH_EXPIRED = "batch.expired"
 BATCH_CANCELLED = "batch.cancelled"
 FINE_TUNING_JOB_COMPLETED = "fine_tuning.job.completed"
 FINE_TUNING_JOB_FAILED = "fine_tuning.job.failed"
+FINE_TUNING_JOB_SUCCEEDED = "fine_tuning.job.succeeded"
+FINE_TUNING_JOB_CANCELLED = "fine_tuning.job.cancelled"
 USAGE_LIMIT_REACHED = "usage.limit.reached"
 # internal events (never sent to webhooks)
 USAGE_RECORDED = "usage.recorded"  # data: {"rows": [usage rows]}, before they are stored

@@ -363,3 +363,71 @@ def m0091_api_keys_moderate_input(db: Database) -> None:
     # 1: the key's chat/completions inputs (HTTP and batch lines) are checked by the guard
     # model first; flagged input is refused with 400 content_policy_violation
     db["api_keys"].add_column("moderate_input", int, not_null_default=0)
+
+
+@MIGRATIONS(name="0110_jobs")
+def m0110_jobs(db: Database) -> None:
+    # The durable job runner's table (llmp.jobs): one row per unit of background work of any
+    # kind (fine-tuning jobs now; batches and webhook deliveries may move onto it). `state`:
+    # queued | running | paused | done; `runner` is the process token that claimed it,
+    # `heartbeat_at` when that process last said it was alive; `crashes` counts the times the
+    # process died while the job ran (the crash guard).
+    db["jobs"].create(
+        {
+            "id": str,  # the resource's own id (ftjob-...)
+            "kind": str,
+            "state": str,
+            "runner": str,
+            "attempts": int,
+            "crashes": int,
+            "claimed_at": float,
+            "heartbeat_at": float,
+            "created_at": float,
+            "updated_at": float,
+        },
+        pk="id",
+        not_null={"kind", "state"},
+        defaults={"attempts": 0, "crashes": 0},
+    )
+    db["jobs"].create_index(["kind", "state"])
+
+
+@MIGRATIONS(name="0111_fine_tuning")
+def m0111_fine_tuning(db: Database) -> None:
+    db["fine_tuning_jobs"].create(
+        {
+            "id": str,  # ftjob-...
+            "owner_key_id": str,
+            "model": str,
+            "training_file": str,
+            "validation_file": str,
+            "status": str,  # validating_files queued running paused succeeded failed cancelled
+            "hyperparameters": str,  # JSON as requested ("auto" kept)
+            "resolved": str,  # JSON: the values the worker uses
+            "method": str,  # JSON
+            "seed": int,
+            "suffix": str,
+            "metadata": str,  # JSON
+            "fine_tuned_model": str,
+            "result_files": str,  # JSON list
+            "trained_tokens": int,
+            "error": str,  # JSON {code, message, param}
+            "estimated_finish": int,
+            "created_at": int,
+            "started_at": int,
+            "finished_at": int,
+        },
+        pk="id",
+        not_null={"model", "training_file", "status", "created_at"},
+    )
+    db["fine_tuning_jobs"].create_index(["owner_key_id"])
+    db["fine_tuning_events"].create(
+        {"id": str, "job_id": str, "created_at": int, "level": str, "message": str,
+         "type": str, "data": str},
+        pk="id", not_null={"job_id", "created_at", "level", "message"})
+    db["fine_tuning_events"].create_index(["job_id"])
+    db["fine_tuning_checkpoints"].create(
+        {"id": str, "job_id": str, "created_at": int, "step_number": int, "epoch": int,
+         "metrics": str, "fine_tuned_model_checkpoint": str, "path": str},
+        pk="id", not_null={"job_id", "created_at", "step_number"})
+    db["fine_tuning_checkpoints"].create_index(["job_id"])

@@ -25,7 +25,9 @@ from llmp.services.limits import Limiter
 from llmp.services.models import resolver
 
 ROUTE_MODULES = ["health", "openapi", "keys", "models", "inference", "usage", "files", "batches",
-                 "webhooks", "embeddings", "moderations", "admin"]
+                 "webhooks", "embeddings", "moderations", "admin",
+                 "fine_tuning"]
+
 
 def create_app(settings: Settings, *, pool: ModelPool | None = None,
                adapters: dict[str, dict] | None = None) -> web.Application:

@@ -65,6 +65,8 @@ EVENTS = (
     "batch.cancelled",
     "fine_tuning.job.completed",
     "fine_tuning.job.failed",
+    "fine_tuning.job.succeeded",
+    "fine_tuning.job.cancelled",
     "usage.limit.reached",
 )
 TEST_EVENT = "webhook.test"  # sent by POST /v1/webhooks/{id}/test, whatever the subscription
