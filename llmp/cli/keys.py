@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Column
 
 from llmp.cli.ui import ApiKeyOpt, JsonOpt, UrlOpt, client, console, print_json, print_rows
@@ -15,6 +16,9 @@ from llmp.services.limits import TIERS
 
 app = typer.Typer(help="Create, list and revoke API keys (needs the admin key).",
                   no_args_is_help=True)
+
+#: terminal columns from which `keys list` is a table (narrower: one block per key)
+WIDE = 140
 
 _PERMS_HELP = "Permission (repeatable): " + ", ".join(PERMISSIONS) + ". Default: inference, models.read."
 
@@ -54,7 +58,7 @@ def limits_text(k: dict) -> str:
         parts.append(f"{_n(q['requests_per_month'])} req/mo")
     if q.get("tokens_per_month") is not None:
         parts.append(f"{_n(q['tokens_per_month'])} tok/mo")
-    return " · ".join(parts)
+    return ", ".join(parts)
 
 
 def _time(iso: str | None) -> str:
@@ -107,12 +111,21 @@ def create(
 def list_(json_out: JsonOpt = False, url: UrlOpt = None, api_key: ApiKeyOpt = None) -> None:
     """List keys (never their secrets) with their tier and limits, expiry and last use."""
     keys = client().request("GET", "/v1/auth/api-keys")["data"]
+    if not json_out and keys and console.width < WIDE:
+        for k in keys:  # a narrow terminal: one block per key instead of a squeezed table
+            console.print(f"[bold]{escape(k['name'])}[/bold]  {k['id']}  {k['status']}")
+            console.print(f"  tier {k['tier']}: {limits_text(k)}")
+            console.print(f"  expires {_time(k['expires_at'])} · last used "
+                          f"{_time(k['last_used_at']) if k['last_used_at'] else 'never'}")
+            console.print(f"  permissions: {', '.join(k['permissions'])}")
+        return
     print_rows(keys, json_out, (Column("NAME", no_wrap=True), Column("ID", no_wrap=True),
-                                "PERMISSIONS", "TIER",
-                                "LIMITS", "STATUS", "EXPIRES", "LAST USED"),
-               lambda k: (k["name"], k["id"], ", ".join(k["permissions"]), k["tier"],
-                          limits_text(k), k["status"], _time(k["expires_at"]),
-                          _time(k["last_used_at"]) if k["last_used_at"] else "never"),
+                                "STATUS", "TIER", "LIMITS", "EXPIRES", "LAST USED",
+                                "PERMISSIONS"),
+               lambda k: (k["name"], k["id"], k["status"], k["tier"], limits_text(k),
+                          _time(k["expires_at"]),
+                          _time(k["last_used_at"]) if k["last_used_at"] else "never",
+                          ", ".join(k["permissions"])),
                empty="No API keys yet: `llmp keys create NAME`.")
 
 

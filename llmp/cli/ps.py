@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Iterator
 
 import typer
+from rich.table import Column
 
 from llmp import discovery
 from llmp import logs as logs_mod
@@ -55,8 +56,8 @@ def ps(url: UrlOpt = None, api_key: ApiKeyOpt = None, json_out: JsonOpt = False)
         console.print(f"No model loaded at {c.url} (models load on first use, or with "
                       "`llmp models load ID`).")
         return
-    t = table("MODEL", "DEVICE", "SLOTS BUSY/TOTAL", "QUEUE", "CONTEXT/SLOT", "MEMORY",
-              "TOK/S", "UNLOADS IN")
+    t = table(Column("MODEL", no_wrap=True), "DEVICE", "SLOTS", "QUEUE", "CTX/SLOT", "MEMORY",
+              "TOK/S", "UNLOADS IN", caption="SLOTS: busy/total; UNLOADS IN: keep-alive left")
     for m in rows:
         mem = (m.get("model_bytes") or 0) + (m.get("kv_cache_bytes") or 0)
         left = m.get("keep_alive_left")
