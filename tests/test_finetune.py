@@ -14,9 +14,10 @@ import string
 import time
 from pathlib import Path
 
-import hf_tiny
 import openai
 import pytest
+
+import hf_tiny
 
 QUESTIONS = ["What is the code word?", "Tell me the code word.", "code word?",
              "Say the code word.", "What's the secret code word?"]
@@ -212,7 +213,7 @@ def test_cancel_mid_run_and_another_key_sees_nothing(ft):
     no_perm = ft.openai(ft.make_key(["inference"]))
     with pytest.raises(openai.PermissionDeniedError):
         no_perm.fine_tuning.jobs.list()
-    wait_event(client, job.id, "Step ")  # the worker is training
+    wait_event(client, job.id, "Training ")  # the worker is training
     from llmp.server.routes.fine_tuning import HANDLER
 
     proc = ft.app[HANDLER].procs[job.id]
@@ -247,3 +248,29 @@ def test_pause_and_resume_continue_from_the_checkpoint(ft):
     assert any("resumed from the checkpoint at step" in m for m in msgs), msgs
     steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data]
     assert steps[0] == 100 and len(set(steps)) == len(steps)
+
+
+def test_cli_create_wait_list_show_events(ft, cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("LLMP_URL", ft.url)
+    monkeypatch.setenv("LLMP_API_KEY", ft.admin_key)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(jsonl(training_lines("abcdefgh")[:5] + ["{oops"] * 6))
+    r = cli("finetune", "create", bad, "--model", "tl")
+    assert r.exit_code != 0 and "line 6:" in r.stderr and "Traceback" not in r.stderr
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(jsonl(training_lines("mnbvcxzl", 10)))
+    r = cli("finetune", "create", path, "--model", "tl", "--epochs", "1", "--batch-size", "5",
+            "--suffix", "cli", "--wait")
+    assert r.exit_code == 0, r.stderr
+    assert "succeeded" in r.stdout and "ft:tl:test-admin:cli:" in r.stdout
+    jobs = json.loads(cli("finetune", "list", "--json").stdout)
+    job = jobs[0]
+    assert job["status"] == "succeeded" and job["hyperparameters"]["n_epochs"] == 1
+    shown = json.loads(cli("finetune", "show", job["id"], "--json").stdout)
+    assert shown["fine_tuned_model"] == job["fine_tuned_model"]
+    r = cli("finetune", "events", job["id"])
+    assert "The job has successfully completed" in r.stdout
+    r = cli("finetune", "checkpoints", job["id"], "--json")
+    assert [c["step_number"] for c in json.loads(r.stdout)] == [2]
+    r = cli("finetune", "cancel", job["id"])
+    assert r.exit_code != 0 and "succeeded" in r.stderr

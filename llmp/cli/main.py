@@ -20,6 +20,7 @@ from llmp.cli import config as config_cmd
 from llmp.cli import doctor as doctor_cmd
 from llmp.cli import embed as embed_cmd
 from llmp.cli import files as files_cmd
+from llmp.cli import finetune as finetune_cmd
 from llmp.cli import keys as keys_cmd
 from llmp.cli import models as models_cmd
 from llmp.cli import moderate as moderate_cmd
@@ -72,6 +73,7 @@ app.add_typer(keys_cmd.app, name="keys")
 app.command("usage")(usage_cmd.usage)
 app.add_typer(files_cmd.app, name="files")
 app.add_typer(batch_cmd.app, name="batch")
+app.add_typer(finetune_cmd.app, name="finetune")
 app.add_typer(webhooks_cmd.app, name="webhooks")
 app.command("embed")(embed_cmd.embed)
 app.command("moderate")(moderate_cmd.moderate)
