@@ -1,4 +1,5 @@
-"""Validate llmp's files/batches bodies against OpenAI's component schemas.
+"""Validate llmp's bodies (files, batches, chat, completions, models) against OpenAI's
+component schemas.
 
 OpenAI's published schemas type optional fields as plain strings/integers, yet OpenAI's API
 (and llmp's spec, e.g. `"output_file_id": null`, `"status_details": null`) sends null for an
@@ -13,11 +14,26 @@ from pathlib import Path
 
 import jsonschema
 
-_RAW = json.loads((Path(__file__).parent / "data" / "openai_batch_schemas.json").read_text())
+_DATA = Path(__file__).parent / "data"
+_RAW = json.loads((_DATA / "openai_batch_schemas.json").read_text())
 # embeddings and moderations (CreateEmbeddingResponse, CreateModerationResponse)
 _RAW["components"]["schemas"].update(json.loads(
-    (Path(__file__).parent / "data" / "openai_embed_moderation_schemas.json").read_text()
+    (_DATA / "openai_embed_moderation_schemas.json").read_text()
 )["components"]["schemas"])
+# and the inference/models schemas (chat, completions, stream chunks, models)
+_RAW["components"]["schemas"] = {
+    **json.loads((_DATA / "openai_schemas.json").read_text())["components"]["schemas"],
+    **_RAW["components"]["schemas"]}
+
+
+def _openapi_nullable(node):
+    """OpenAPI 3.0's `nullable: true` (still used in parts of OpenAI's 3.1 file) as JSON Schema."""
+    if isinstance(node, dict):
+        node = {k: _openapi_nullable(v) for k, v in node.items()}
+        if node.pop("nullable", False):
+            node = {"anyOf": [node, {"type": "null"}]}
+        return node
+    return [_openapi_nullable(v) for v in node] if isinstance(node, list) else node
 
 
 def _nullable_optionals(node):
@@ -34,7 +50,7 @@ def _nullable_optionals(node):
     return node
 
 
-SCHEMAS = _nullable_optionals(copy.deepcopy(_RAW))
+SCHEMAS = _nullable_optionals(_openapi_nullable(copy.deepcopy(_RAW)))
 
 
 def check(body: dict, schema: str) -> None:

@@ -50,18 +50,37 @@ async def test_json_schema_output_always_validates(engine):
 
 @pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_time"}}])
 async def test_forced_tool_call_always_parses(engine, choice):
-    chat = engine.render_chat([{"role": "user", "content": "What time is it?"}], tools=TOOLS, tool_choice=choice)
+    """Exactly one call for a named choice, or "required" with parallel_tool_calls false."""
+    chat = engine.render_chat([{"role": "user", "content": "What time is it?"}], tools=TOOLS,
+                              tool_choice=choice, parallel_tool_calls=False)
     assert chat.parse_tools and chat.extra["tool_family"] == "hermes"
     for seed in range(4):
         c = await engine.complete(GenerationRequest(chat.prompt, sample(seed, chat.grammar)))
         parser = ToolCallParser(chat.extra["tool_family"])
         parser.feed(c.text)
         _, calls = parser.finish()
-        assert len(calls) == 1
+        assert len(calls) == 1 and c.finish_reason == "stop"
         if isinstance(choice, dict):
             assert calls[0].name == "get_time"
         tool = next(t["function"] for t in TOOLS if t["function"]["name"] == calls[0].name)
         jsonschema.validate(json.loads(calls[0].arguments), tool["parameters"])
+
+
+async def test_required_allows_several_calls_that_all_parse(engine):
+    """tool_choice "required" (parallel_tool_calls not false): one call or more, each one
+    valid for its tool (a call cut by max_tokens aside)."""
+    chat = engine.render_chat([{"role": "user", "content": "What time is it?"}], tools=TOOLS,
+                              tool_choice="required")
+    assert chat.extra["max_calls"] is None and ")*" in chat.grammar.splitlines()[0]
+    c = await engine.complete(GenerationRequest(chat.prompt, sample(0, chat.grammar)))
+    parser = ToolCallParser(chat.extra["tool_family"])
+    parser.feed(c.text)
+    _, calls = parser.finish()
+    complete = calls if c.finish_reason == "stop" else calls[:-1]
+    assert calls and (complete or c.finish_reason == "length")
+    for call in complete:
+        tool = next(t["function"] for t in TOOLS if t["function"]["name"] == call.name)
+        jsonschema.validate(json.loads(call.arguments), tool["parameters"])
 
 
 async def test_bad_grammar_and_schema_are_invalid_requests(engine):

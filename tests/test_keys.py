@@ -20,7 +20,7 @@ ROUTES = {
                   {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}),
     "models.read": ("GET", "/v1/models", None),
     "usage.read": ("GET", "/v1/usage", None),
-    "admin": ("GET", "/v1/auth/api-keys", None),
+    "admin": ("POST", "/v1/auth/api-keys", {"name": "made by the matrix"}),
 }
 
 

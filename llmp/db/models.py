@@ -47,9 +47,10 @@ def exists(db: Database, model_id: str) -> bool:
 def list_all(db: Database, *, category: str | None = None, size: str | None = None,
              provider: str | None = None) -> list[dict]:
     where, args = [], []
-    if category:
-        where.append("category = ?")
-        args.append(category)
+    if category:  # the model's category, or one of its capabilities
+        where.append("(category = ? or exists (select 1 from json_each(coalesce(nullif("
+                     "models.capabilities, ''), '[]')) where json_each.value = ?))")
+        args += [category, category]
     if size:
         where.append("size_class = ?")
         args.append(size)

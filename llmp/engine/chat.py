@@ -5,8 +5,13 @@ The template runs in jinja2's `ImmutableSandboxedEnvironment` with HF's helpers 
 llmp's synthetic models carry). `tool_choice`:
 - "none": tools are not shown to the model and nothing is parsed;
 - "auto" (default when tools are given): tools rendered, output parsed for the family's calls;
-- "required" / {"type": "function", "function": {"name": ...}}: also a grammar that forces
-  exactly one call (of any tool / of that tool), so the output always parses.
+- "required": also a grammar that forces one or more calls of the tools (exactly one when
+  `parallel_tool_calls` is false), so the output always parses;
+- {"type": "function", "function": {"name": ...}}: a grammar that forces exactly one call of
+  that tool.
+`extra` of the result says how to parse the output: `tool_family`, `forced` (a grammar makes
+it calls only), `max_calls` (1 for a named choice, legacy functions, or parallel_tool_calls
+false) and `tool_names`.
 `response_format` {"type": "json_object"} / {"type": "json_schema", "json_schema": {"schema":
 ...}} sets a JSON grammar. Legacy `functions` / `function_call` are mapped onto tools here.
 """
@@ -128,8 +133,10 @@ def _response_grammar(response_format: dict | None) -> str | None:
 def render_chat(engine: "Engine", messages: list[dict], *, tools: list[dict] | None = None,
                 tool_choice: Any = None, response_format: dict | None = None,
                 functions: list[dict] | None = None, function_call: Any = None,
+                parallel_tool_calls: bool | None = None,
                 add_generation_prompt: bool = True) -> ChatPrompt:
-    if functions and not tools:
+    legacy = bool(functions) and not tools
+    if legacy:
         tools, legacy_choice = legacy_functions_to_tools(functions, function_call)
         tool_choice = tool_choice if tool_choice is not None else legacy_choice
     source = engine.model.chat_template()
@@ -151,6 +158,12 @@ def render_chat(engine: "Engine", messages: list[dict], *, tools: list[dict] | N
         raise InvalidRequestError(f"chat template error: the messages cannot be rendered by "
                                   f"this model's chat template ({type(e).__name__}: "
                                   f"{str(e)[:200]})", param="messages") from None
-    grammar = tool_call_grammar(forced, family) if forced else _response_grammar(response_format)
+    # one call at most: a named choice, the legacy function_call (one call by its shape), or
+    # parallel_tool_calls: false
+    single = legacy or parallel_tool_calls is False or isinstance(tool_choice, dict)
+    grammar = tool_call_grammar(forced, family, multiple=not single) if forced else \
+        _response_grammar(response_format)
     return ChatPrompt(prompt=prompt, grammar=grammar, parse_tools=use_tools,
-                      extra={"tool_family": family, "template": "gguf" if source else "chatml-fallback"})
+                      extra={"tool_family": family, "template": "gguf" if source else "chatml-fallback",
+                             "forced": bool(forced), "max_calls": 1 if single else None,
+                             "tool_names": [t.get("function", t).get("name") for t in tools or []]})

@@ -19,7 +19,7 @@ import json
 import re
 from typing import Any
 
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+from llama_cpp.llama_grammar import JSON_GBNF, SchemaConverter, json_schema_to_gbnf
 
 from llmp.errors import InvalidRequestError
 
@@ -148,29 +148,49 @@ def json_schema_grammar(schema: dict[str, Any], *, param: str = "response_format
     return check_grammar(_SPACE_RULE.sub('space ::= " "?', gbnf), param=param)
 
 
-def _rename_root(gbnf: str, name: str) -> str:
-    return _ROOT_RULE.sub(f"{name} ::=", gbnf)
+def _literal(text: str) -> str:
+    """A GBNF string literal of `text`."""
+    return '"' + "".join(c if (c.isascii() and c.isalnum()) or c in " _-.:,{}[]<>/|" else
+                         f"\\x{ord(c):02X}" if ord(c) < 0x100 else
+                         f"\\u{ord(c):04X}" if ord(c) < 0x10000 else f"\\U{ord(c):08X}"
+                         for c in text) + '"'
 
 
-def _call_schema(tools: list[dict], args_key: str) -> dict[str, Any]:
-    variants = []
-    for t in tools:
-        fn = t.get("function", t)
-        params = fn.get("parameters") or {"type": "object", "properties": {}}
-        variants.append({"type": "object", "properties": {"name": {"const": fn["name"]}, args_key: params},
-                         "required": ["name", args_key]})
-    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+#: how each family writes calls: (before the first, between two, after the last)
+_WRAPPERS = {
+    "hermes": ("<tool_call>\n", "\n</tool_call>\n<tool_call>\n", "\n</tool_call>"),
+    "llama3": ("", "; ", ""),
+    "mistral": ("[TOOL_CALLS][", ", ", "]"),
+}
 
 
-def tool_call_grammar(tools: list[dict], family: str) -> str:
-    """A grammar that forces exactly one call of one of `tools` in the family's syntax."""
+def tool_call_grammar(tools: list[dict], family: str, *, multiple: bool = False) -> str:
+    """A grammar that forces a call of one of `tools` in the family's syntax (`multiple`:
+    one or more calls). Everything but the arguments is a literal: the wrapper, the
+    `{"name": "<tool>", "arguments": ` prefix in that key order, the closing brace; so the
+    model chooses only which tool and its arguments, never whitespace or key order."""
     if not tools:
         raise InvalidRequestError("tool_choice requires at least one tool", param="tool_choice")
     args_key = "parameters" if family == "llama3" else "arguments"
-    body = _rename_root(json_schema_grammar(_call_schema(tools, args_key), param="tools"), "call")
-    root = {
-        "hermes": r'root ::= "<tool_call>\n" call "\n</tool_call>"',
-        "llama3": "root ::= call",
-        "mistral": r'root ::= "[TOOL_CALLS][" call "]"',
-    }[family]
-    return f"{root}\n{body}"
+    conv = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    alts = []
+    for i, t in enumerate(tools):
+        fn = t.get("function", t)
+        params = fn.get("parameters") or {"type": "object", "properties": {}}
+        check_schema(params, param="tools")
+        try:
+            rule = conv.visit(conv.resolve_refs(params, f"tool{i}"), f"args{i}")
+        except RecursionError:
+            raise _too_big("it is nested too deeply", MAX_SCHEMA_DEPTH, "tools") from None
+        except Exception as e:  # noqa: BLE001 - the converter raises bare Exceptions
+            raise InvalidRequestError(f"unsupported JSON schema in tools[{i}]: {str(e)[:300]}",
+                                      param="tools", code="invalid_schema") from None
+        head = '{"name": ' + json.dumps(fn["name"], ensure_ascii=False) + f', "{args_key}": '
+        alts.append(f"{_literal(head)} {rule} " + _literal("}"))
+    first, between, last = _WRAPPERS[family]
+    calls = f"call ({_literal(between)} call)*" if multiple else "call"
+    root = "root ::= " + " ".join(p for p in (first and _literal(first), calls,
+                                              last and _literal(last)) if p)
+    gbnf = "\n".join([root, "call ::= " + " | ".join(alts), conv.format_grammar()])
+    gbnf = _CHAR_RULE.sub(lambda _: _JSON_CHAR, gbnf)
+    return check_grammar(_SPACE_RULE.sub('space ::= " "?', gbnf), param="tools")

@@ -23,9 +23,12 @@ from llmp.config import Settings
 from llmp.engine.engine import Engine, LoraSet
 from llmp.engine.embed import EmbeddingEngine
 from llmp.engine.types import Completion, Delta, GenerationRequest
+from llmp.errors import NotFoundError
 from llmp.logs import event
 
 log = logging.getLogger("llmp.engine")
+#: how often an engine whose model was removed is checked for idleness before it is unloaded
+RETIRE_POLL_S = 0.1
 
 
 @dataclass
@@ -75,6 +78,8 @@ class ModelPool:
         self._engines: dict[str, Engine] = {}
         self._loads: dict[str, asyncio.Future[Engine]] = {}
         self._reaper: asyncio.Task | None = None
+        self._paths: dict[str, str] = {}  # model id -> the file its engine was loaded from
+        self._retiring: set[asyncio.Task] = set()  # unloads of engines no longer registered
 
     @property
     def loading(self) -> list[str]:
@@ -86,14 +91,25 @@ class ModelPool:
 
     async def get(self, model_id: str) -> Engine:
         """The engine for `model_id` (an alias resolves to its spec's id), loading it if needed;
-        for an adapter model, its base's engine as an `AdapterEngine`."""
-        eng = self._engines.get(model_id)
-        spec = None
+        for an adapter model, its base's engine as an `AdapterEngine`.
+
+        The id is resolved on every call (one registry read), so a model removed from the
+        registry (`llmp models rm`, possibly by another process) is refused at once with
+        NotFoundError and its engine unloaded, and one registered again on another file is
+        reloaded from that file."""
+        try:
+            spec = self.resolve(model_id)
+        except NotFoundError:  # an unknown model (perhaps removed while loaded)
+            self._retire(model_id)
+            raise
+        eng = self._engines.get(spec.id)
+        if eng is not None and self._paths.get(spec.id, spec.path) != spec.path:
+            self._retire(spec.id)  # the id now names another file
+            eng = None
         if eng is None:
-            spec = self.resolve(model_id)  # raises NotFoundError for an unknown model
-            eng = self._engines.get(spec.id) or await self._load(spec)
+            eng = await self._load(spec)
         eng.last_used = time.monotonic()
-        if spec is not None and spec.lora:
+        if spec.lora:
             await eng.load_adapters([p for p, _ in spec.lora])
             view: Any = AdapterEngine(eng, spec.served_as or spec.id,
                                       tuple((p, float(sc)) for p, sc in spec.lora))
@@ -128,6 +144,7 @@ class ModelPool:
         finally:
             self._loads.pop(spec.id, None)
         self._engines[spec.id] = eng
+        self._paths[spec.id] = spec.path
         st = eng.stats()
         event(log, "model.load", f"loaded model {spec.id}", model=spec.id,
               seconds=round(time.perf_counter() - t0, 3), device=st.get("device"),
@@ -143,6 +160,7 @@ class ModelPool:
 
     async def unload(self, model_id: str, reason: str = "requested") -> bool:
         eng = self._engines.pop(model_id, None)
+        self._paths.pop(model_id, None)
         if eng is None:
             return False
         t0 = time.perf_counter()
@@ -150,6 +168,26 @@ class ModelPool:
         event(log, "model.unload", f"unloaded model {model_id} ({reason})", model=model_id,
               reason=reason, seconds=round(time.perf_counter() - t0, 3))
         return True
+
+    def _retire(self, model_id: str) -> None:
+        """Stop serving `model_id` now (no new request reaches its engine) and unload the
+        engine once the requests it is running have finished."""
+        eng = self._engines.pop(model_id, None)
+        self._paths.pop(model_id, None)
+        if eng is None:
+            return
+
+        async def close_when_idle() -> None:
+            while eng.busy:
+                await asyncio.sleep(RETIRE_POLL_S)
+            await asyncio.to_thread(eng.close)
+            event(log, "model.unload", f"unloaded model {model_id} (no longer registered)",
+                  model=model_id, reason="removed")
+
+        task = asyncio.get_running_loop().create_task(close_when_idle(),
+                                                      name=f"llmp-pool-retire-{model_id}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def _make_room(self) -> None:
         cap = max(1, self.settings.max_loaded_models)
@@ -189,6 +227,8 @@ class ModelPool:
             self._reaper = None
         for mid in list(self._engines):
             await self.unload(mid, reason="shutdown")
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
 
 
 def _mb(n: Any) -> float | None:

@@ -11,11 +11,18 @@ Families:
 `ToolCallParser.feed(text)` streams: it returns the text that is certainly content, and the
 tool calls completed so far as OpenAI streaming deltas (`{"index", "id", "type", "function":
 {"name", "arguments"}}`, each call in one delta); `finish()` returns the rest of the content
-and every `ToolCall`. Text that does not parse as a call stays content.
+and every `ToolCall`. Text that does not parse as a call stays content, except:
+- `finish(truncated=True)` (the output was cut by max_tokens inside a call): the unfinished
+  call is returned as a partial `ToolCall` (its name as far as known, its arguments as the
+  incomplete JSON text), never as markup in the content (`partial` is then True);
+- `forced=True` (a grammar forced the output to be calls): nothing after the calls began is
+  ever content;
+- `max_calls`: calls beyond it are dropped (`parallel_tool_calls: false`, legacy functions).
 """
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from llmp.engine.types import ToolCall
@@ -60,14 +67,39 @@ def _loads(text: str) -> Any:
         return None
 
 
+_NAME = re.compile(r'"name"\s*:\s*"((?:[^"\\]|\\.)*)')
+_ARGS = re.compile(r'"(?:arguments|parameters)"\s*:\s*', re.DOTALL)
+
+
+def partial_call(text: str, names: list[str] | None = None) -> ToolCall:
+    """The call an unfinished call's text (`{"name": "get_wea`, `{"name": "f", "arguments":
+    {"city": "Pa`) was becoming: its name as far as it got (completed from `names` when only
+    one tool name starts with it) and its arguments as the incomplete JSON text."""
+    m = _NAME.search(text)
+    name = _loads(f'"{m.group(1)}"') if m else ""
+    if not isinstance(name, str):
+        name = m.group(1) if m else ""
+    matches = [n for n in names or [] if n.startswith(name)]
+    if name not in (names or []) and len(matches) == 1:
+        name = matches[0]
+    a = _ARGS.search(text, m.end() if m else 0)
+    args = text[a.end():].rstrip() if a else ""
+    return ToolCall(id=new_id("call"), name=name, arguments=args)
+
+
 class ToolCallParser:
     HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
     MISTRAL_TAG = "[TOOL_CALLS]"
 
-    def __init__(self, family: str = "hermes"):
+    def __init__(self, family: str = "hermes", *, max_calls: int | None = None,
+                 forced: bool = False, names: list[str] | None = None):
         if family not in FAMILIES:
             raise ValueError(f"unknown tool-call family {family!r}")
         self.family = family
+        self.max_calls = max_calls
+        self.forced = forced
+        self.names = names or []  # the offered tools' names (to complete a cut call's name)
+        self.partial = False  # finish() returned a call cut short by max_tokens
         self._buf = ""  # text not yet classified
         self._calls: list[ToolCall] = []
         self._mode = "content"  # hermes: content|call; llama3: undecided|content|call; mistral: content|call
@@ -78,14 +110,31 @@ class ToolCallParser:
     def calls(self) -> list[ToolCall]:
         return list(self._calls)
 
+    def _add(self, call: ToolCall) -> None:
+        if self.max_calls is None or len(self._calls) < self.max_calls:
+            self._calls.append(call)
+
     def feed(self, text: str) -> tuple[str, list[dict]]:
         self._buf += text
         before = len(self._calls)
         content = getattr(self, f"_feed_{self.family}")()
         return content, [self._delta(i) for i in range(before, len(self._calls))]
 
-    def finish(self) -> tuple[str, list[ToolCall]]:
+    def finish(self, *, truncated: bool = False) -> tuple[str, list[ToolCall]]:
+        """The rest of the content and every call. `truncated`: the output was cut (by
+        max_tokens), so a call left open is a partial call, not content."""
+        before = len(self._calls)
         content = getattr(self, f"_finish_{self.family}")()
+        opened = self._mode == "call"
+        if opened and len(self._calls) == before and (truncated or self.forced):
+            # an unfinished call: return what it was becoming (never its markup as content)
+            body = content.removeprefix(self.HERMES_OPEN).removeprefix(self.MISTRAL_TAG)
+            body = body.strip().removeprefix("<|python_tag|>").lstrip().lstrip("[")
+            room = self.max_calls is None or len(self._calls) < self.max_calls
+            if (body or truncated) and room:
+                self._calls.append(partial_call(body, self.names))
+                self.partial = truncated
+            content = ""
         self._buf = ""
         return content, self.calls
 
@@ -115,7 +164,9 @@ class ToolCallParser:
                 body = self._buf[:j]
                 call = _call_from_obj(_loads(body.strip()))
                 if call:
-                    self._calls.append(call)
+                    self._add(call)
+                elif self.forced:
+                    pass  # a grammar made it: never markup in the content
                 else:
                     out.append(self.HERMES_OPEN + body + self.HERMES_CLOSE)
                 self._buf = self._buf[j + len(self.HERMES_CLOSE):]
@@ -125,7 +176,8 @@ class ToolCallParser:
         if self._mode == "call":  # an unterminated block: accept it if its JSON is complete
             call = _call_from_obj(_loads(self._buf.strip()))
             if call:
-                self._calls.append(call)
+                self._add(call)
+                self._mode = "content"
                 return ""
             return self.HERMES_OPEN + self._buf
         return self._buf
@@ -153,7 +205,9 @@ class ToolCallParser:
         body = self._buf.strip().removeprefix("<|python_tag|>").strip()
         parsed = [_call_from_obj(_loads(p)) for p in _split_top_level(body, ";")]
         if parsed and all(parsed):
-            self._calls.extend(c for c in parsed if c)
+            for c in parsed:
+                self._add(c)  # type: ignore[arg-type]
+            self._mode = "content"
             return ""
         return self._buf
 
@@ -188,7 +242,9 @@ class ToolCallParser:
                 calls.append(_call_from_obj({"name": name.strip(), "arguments": _loads(args)})
                              if sep and _loads(args) is not None else None)
         if calls and all(calls):
-            self._calls.extend(c for c in calls if c)
+            for c in calls:
+                self._add(c)  # type: ignore[arg-type]
+            self._mode = "content"
             return ""
         return self.MISTRAL_TAG + self._buf
 

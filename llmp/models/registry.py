@@ -167,10 +167,11 @@ def list_models(db: Database, *, category: str | None = None, size: str | None =
                 provider: str | None = None) -> list[dict]:
     if category and category not in CATEGORIES:
         raise InvalidRequestError(f"unknown category {category!r}: use one of "
-                                  f"{', '.join(CATEGORIES)}", param="category")
+                                  f"{', '.join(CATEGORIES)}", param="category",
+                                  code="invalid_parameter")
     if size and size not in SIZES:
         raise InvalidRequestError(f"unknown size {size!r}: use one of {', '.join(SIZES)}",
-                                  param="size")
+                                  param="size", code="invalid_parameter")
     return db_models.list_all(db, category=category, size=size, provider=provider)
 
 

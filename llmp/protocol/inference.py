@@ -290,6 +290,16 @@ class ChatCompletionRequest(SamplingFields):
         return self.max_completion_tokens if self.max_completion_tokens is not None \
             else self.max_tokens
 
+    def media_part(self) -> tuple[str, str] | None:
+        """(param, type) of the first content part that is not text (`image_url`,
+        `input_audio`, `file`), or None: what a text-only model must refuse rather than drop."""
+        for i, m in enumerate(self.messages):
+            if isinstance(m, UserMessage) and isinstance(m.content, list):
+                for j, part in enumerate(m.content):
+                    if not isinstance(part, TextPart):
+                        return f"messages[{i}].content[{j}].type", part.type
+        return None
+
     def message_dicts(self) -> list[dict[str, Any]]:
         """The messages as the chat template reads them (what the client sent, validated)."""
         return [m.model_dump(exclude_unset=True) for m in self.messages]

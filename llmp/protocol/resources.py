@@ -21,6 +21,9 @@ KEY_PERMISSIONS = ("inference", "models.read", "files.read", "files.write", "bat
 TIER_NAMES = ("free", "pro", "enterprise")
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings",
                    "/v1/moderations")
+#: what POST /v1/files accepts; `user_data` and `evals` (OpenAI's) are kept as plain stored
+#: files: nothing here reads them
+UPLOAD_PURPOSES = ("batch", "fine-tune", "user_data", "evals")
 
 Permission = Annotated[StrictStr, WithJsonSchema({"type": "string", "enum": list(KEY_PERMISSIONS)})]
 Count = number(1, MAX_COUNT, integer=True)
@@ -140,7 +143,24 @@ class CreateWebhookRequest(RequestModel):
 class UploadForm(RequestModel):
     """POST /v1/files (multipart/form-data; `file` is the binary part)."""
 
-    purpose: Literal["batch", "fine-tune"]
+    purpose: Literal[UPLOAD_PURPOSES]  # type: ignore[valid-type]
+
+
+MODEL_CATEGORIES = ("text-generation", "chat", "embedding")
+MODEL_SIZES = ("small", "medium", "large", "xl")
+MAX_MODELS_PER_PAGE = 100
+
+
+@endpoint("GET /v1/models", where="query", summary="List models")
+class ModelsQuery(RequestModel):
+    """GET /v1/models?category=&size=&provider=&page=&per_page= (the query's strings are
+    read as integers where they must be)."""
+
+    category: Literal[MODEL_CATEGORIES] | None = None  # type: ignore[valid-type]
+    size: Literal[MODEL_SIZES] | None = None  # type: ignore[valid-type]
+    provider: Annotated[StrictStr, Field(max_length=256)] | None = None
+    page: Annotated[int, Field(ge=1, le=MAX_COUNT)] | None = None
+    per_page: Annotated[int, Field(ge=1, le=MAX_MODELS_PER_PAGE)] | None = None
 
 
 @endpoint("GET /v1/batches", "GET /v1/webhooks/{webhook_id}/deliveries", where="query")
@@ -152,7 +172,7 @@ class ListQuery(RequestModel):
 
 
 #: what GET /v1/files?purpose= may name: uploads and the server's own outputs
-FILE_PURPOSES = ("batch", "fine-tune", "batch_output", "fine-tune-results")
+FILE_PURPOSES = UPLOAD_PURPOSES + ("batch_output", "fine-tune-results")
 
 
 @endpoint("GET /v1/files", where="query")

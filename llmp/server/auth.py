@@ -30,8 +30,10 @@ def bearer(request: web.Request) -> str | None:
     return token
 
 
-def requires(permission: str) -> Callable[[Handler], Handler]:
-    if permission not in keys_service.PERMISSIONS:
+def requires(permission: str | None) -> Callable[[Handler], Handler]:
+    """`permission`: the one the key needs; None: any valid key (the handler scopes what it
+    shows to the key, e.g. GET /v1/auth/api-keys)."""
+    if permission is not None and permission not in keys_service.PERMISSIONS:
         raise ValueError(f"unknown permission {permission!r}")
 
     def decorate(handler: Handler) -> Handler:
@@ -39,7 +41,7 @@ def requires(permission: str) -> Callable[[Handler], Handler]:
         async def wrapped(request: web.Request) -> web.StreamResponse:
             key = keys_service.authenticate(request.app[DB], bearer(request))
             request[API_KEY] = key
-            if not keys_service.has_permission(key, permission):
+            if permission is not None and not keys_service.has_permission(key, permission):
                 raise PermissionDeniedError(f"This API key lacks the '{permission}' permission")
             request.app[LIMITER].take_request(key)
             return await handler(request)

@@ -58,6 +58,7 @@ from llmp.services import keys as keys_service
 from llmp.services import usage as usage_service
 from llmp.services.files import FileStore, Upload
 from llmp.services.lists import check_limit, list_object, owner_scope
+from llmp.services.models import model_version
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ class Batches:
         file_id, endpoint, window = req.input_file_id, req.endpoint, req.completion_window
         seconds = parse_window(window)
         metadata = req.metadata
-        f = self.store.row(file_id, key)
+        f = self.store.row(file_id, key, param="input_file_id")
         if f["purpose"] != "batch":
             raise InvalidRequestError(
                 f"File {file_id!r} has purpose {f['purpose']!r}; a batch needs a file uploaded "
@@ -567,6 +568,9 @@ class BatchRunner:
                                                      priority=Priority.BATCH)
                     call = await PREPARE[b["endpoint"]](self.pool, body, request_id=request_id,
                                                         priority=Priority.BATCH)
+                    registered = db_models.get(self.db, call.model)
+                    if registered is not None:  # as interactive replies name it
+                        call.model_version = model_version(registered)
                     call.check_context()
                     if key is not None and self.limiter is not None and admission is None:
                         admission = await self._admit(key, call)

@@ -20,10 +20,12 @@ from llmp.config import Settings
 from llmp.db import files as files_db
 from llmp.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 from llmp.ids import new_id, random_base62
+from llmp.protocol.resources import UPLOAD_PURPOSES
 from llmp.services.lists import check_limit, list_object, owner_scope
 
-UPLOAD_PURPOSES = ("batch", "fine-tune")
 SERVER_PURPOSES = ("batch_output", "fine-tune-results")  # made by the server, never uploaded
+#: OpenAI's purposes for features llmp does not have (Assistants, vision fine-tuning)
+UNSUPPORTED_PURPOSES = ("assistants", "assistants_output", "vision")
 PURPOSES = UPLOAD_PURPOSES + SERVER_PURPOSES
 MAX_LIST_LIMIT = 10_000  # OpenAI's default and maximum page size for GET /v1/files
 
@@ -53,7 +55,9 @@ def check_purpose(purpose: str | None, *, allowed: Iterable[str] = UPLOAD_PURPOS
         raise InvalidRequestError("Missing required parameter: 'purpose'", param="purpose",
                                   code="missing_parameter")
     if purpose not in allowed:
-        hint = " (it is made by the server)" if purpose in SERVER_PURPOSES else ""
+        hint = " (it is made by the server)" if purpose in SERVER_PURPOSES else \
+            " (not supported here: llmp has no Assistants API or vision fine-tuning)" \
+            if purpose in UNSUPPORTED_PURPOSES else ""
         raise InvalidRequestError(
             f"Invalid 'purpose': {purpose!r}{hint}; expected one of {', '.join(allowed)}",
             param="purpose", code="invalid_purpose")
@@ -150,11 +154,12 @@ class FileStore:
                 "status": "processed", "status_details": None, "created_at": int(time.time()),
                 "expires_at": None}
 
-    def row(self, file_id: str, key: dict | None) -> dict:
-        """The row of a file the key may see (None: no key check); else NotFoundError."""
+    def row(self, file_id: str, key: dict | None, *, param: str = "file_id") -> dict:
+        """The row of a file the key may see (None: no key check); else NotFoundError naming
+        `param` (the request's field that held the id)."""
         row = files_db.get(self.db, file_id, owner=owner_scope(key) if key else None)
         if row is None:
-            raise NotFoundError(f"No such file: {file_id!r}", param="file_id",
+            raise NotFoundError(f"No such file: {file_id!r}", param=param,
                                 code="file_not_found")
         return row
 

@@ -15,7 +15,7 @@ Two steps, so that the server can reserve rate-limit tokens between them:
 
 Parameters beyond OpenAI's that llama.cpp servers accept too: top_k, min_p, repeat_penalty,
 ignore_eos. Response bodies also carry the spec's `metadata` {request_id, processing_time_ms,
-model_version} beside OpenAI's keys.
+model_version} beside OpenAI's keys (chat: see `Call.metadata`).
 """
 from __future__ import annotations
 
@@ -128,6 +128,7 @@ class Call:
     # chat
     tool_family: str | None = None
     legacy_functions: bool = False
+    tool_parsing: dict = field(default_factory=dict)  # ToolCallParser's max_calls, forced, names
     # completions
     echo_texts: list[str] = field(default_factory=list)  # per choice: the prompt when echo
     want_logprobs: bool = False
@@ -139,6 +140,8 @@ class Call:
     generated: int = 0  # tokens received so far, over all choices
     started: float = field(default_factory=time.perf_counter)
     _chunk_head: str = field(default="", init=False, repr=False)  # see `_chunk_json`
+    _chunk_tail: str = field(default="}", init=False, repr=False)
+    _offsets: list[int] = field(default_factory=list, init=False, repr=False)  # text_offset
     _text_templates: dict[int, tuple[str, str]] = field(default_factory=dict, init=False,
                                                         repr=False)  # see `_text_chunk`
 
@@ -168,14 +171,22 @@ class Call:
                     f"{len(r.prompt)} tokens. Shorten the prompt.", param=r.prompt_param)
 
     def metadata(self) -> dict:
-        """The spec's `metadata` {request_id, processing_time_ms, model_version}. The spec shows
-        it (numeric time) on /completions, whose OpenAI schema has no `metadata`; OpenAI's chat
-        completion schema has `metadata` as a map of strings, so chat bodies carry the same
-        keys with string values (valid there, and no pydantic warnings in the openai client)."""
-        meta = {"request_id": self.request_id,
-                "processing_time_ms": round((time.perf_counter() - self.started) * 1000),
-                "model_version": self.model_version or self.model}
-        return {k: str(v) for k, v in meta.items()} if self.kind == "chat" else meta
+        """The spec's `metadata` {request_id, processing_time_ms, model_version}, with the
+        spec's types everywhere (processing_time_ms a number of milliseconds), as the top-level
+        keys to add to a body or a stream's last chunk.
+
+        The spec shows it on /completions, whose OpenAI schema has no `metadata`: it is there
+        as is. OpenAI's chat completion schema (and the openai client) types `metadata` as a
+        map of strings, so a number is not valid there: chat bodies carry `metadata`
+        {request_id, model_version} (strings by nature) and `processing_time_ms` one level up,
+        beside `usage` (OpenAI's schema allows keys it does not list; the openai client keeps
+        it in `model_extra`)."""
+        elapsed = round((time.perf_counter() - self.started) * 1000)
+        meta = {"request_id": self.request_id, "model_version": self.model_version or self.model}
+        if self.kind == "chat":
+            return {"metadata": meta, "processing_time_ms": elapsed}
+        return {"metadata": {"request_id": self.request_id, "processing_time_ms": elapsed,
+                             "model_version": meta["model_version"]}}
 
     def _account(self, d: Delta) -> None:
         if d.ttft is not None and self.ttft is None:
@@ -209,7 +220,7 @@ class Call:
         obj = "chat.completion" if self.kind == "chat" else "text_completion"
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
                 "system_fingerprint": SYSTEM_FINGERPRINT, "choices": choices,
-                "usage": _usage_dict(self.usage), "metadata": self.metadata()}
+                "usage": _usage_dict(self.usage), **self.metadata()}
 
     def _choice(self, i: int, text: str, lps: list[TokenLogprob], reason: str) -> dict:
         if self.kind == "completion":
@@ -219,37 +230,49 @@ class Call:
                     "finish_reason": reason}
         message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
         if self.tool_family:
-            parser = ToolCallParser(self.tool_family)
-            parser.feed(text)
-            content, calls = parser.finish()
-            message["content"] = content or None
-            if calls:
-                reason = "tool_calls"
+            # the content is what feed() let through (text before, between and after the
+            # calls) plus what finish() returns: exactly what the stream's deltas carry
+            parser = self._parser()
+            content, _ = parser.feed(text)
+            rest, calls = parser.finish(truncated=reason == "length")
+            content += rest
+            message["content"] = content if content or not calls else None
+            if calls:  # a call cut by max_tokens keeps finish_reason "length"
+                reason = reason if parser.partial else "tool_calls"
                 message["tool_calls"] = [
                     {"id": c.id, "type": "function",
                      "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
         if self.legacy_functions:  # the spec's shape: function_call (null when none)
             tc = message.pop("tool_calls", None)
             message["function_call"] = tc[0]["function"] if tc else None
-            if tc:
+            if tc and reason == "tool_calls":
                 reason = "function_call"
         return {"index": i, "message": message,
                 "logprobs": {"content": _logprobs_chat(lps), "refusal": None}
                 if self.want_logprobs else None,
                 "finish_reason": reason}
 
+    def _parser(self) -> ToolCallParser:
+        return ToolCallParser(self.tool_family or "hermes", **self.tool_parsing)
+
     # -- streaming ------------------------------------------------------------------
     def _chunk(self, choices: list[dict]) -> dict:
+        """A stream chunk. With stream_options.include_usage every chunk carries `usage`:
+        null in all but the last (which has no choices), as OpenAI streams it."""
         obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
-                "system_fingerprint": SYSTEM_FINGERPRINT, "choices": choices}
+        out = {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+               "system_fingerprint": SYSTEM_FINGERPRINT, "choices": choices}
+        if self.include_usage:
+            out["usage"] = None
+        return out
 
     def _chunk_json(self, choices: list[dict]) -> str:
         """`to_json(self._chunk(choices))`, serialising the part that is the same in every
-        chunk of the request (id, object, created, model, fingerprint) only once."""
+        chunk of the request (id, object, created, model, fingerprint, usage) only once."""
         if not self._chunk_head:
-            self._chunk_head = to_json(self._chunk([])).removesuffix("[]}")
-        return self._chunk_head + to_json(choices) + "}"
+            head, tail = to_json(self._chunk([])).rsplit('"choices":[]', 1)
+            self._chunk_head, self._chunk_tail = head + '"choices":', tail
+        return self._chunk_head + to_json(choices) + self._chunk_tail
 
     def _text_chunk(self, i: int, text: str) -> str:
         """The chunk of nearly every token: text for choice `i`, no logprobs, no finish. It is
@@ -275,8 +298,7 @@ class Call:
             for chunk in self._opening():
                 yield chunk
             n = len(self.requests)
-            parsers = [ToolCallParser(self.tool_family) if self.tool_family else None
-                       for _ in range(n)]
+            parsers = [self._parser() if self.tool_family else None for _ in range(n)]
             n_calls = [0] * n
             if first is not None:
                 for chunk in self._delta_chunks(*first, parsers, n_calls):
@@ -287,7 +309,7 @@ class Call:
         if self.include_usage:
             last = self._chunk([])
             last["usage"] = _usage_dict(self.usage)
-            last["metadata"] = self.metadata()
+            last.update(self.metadata())
             yield to_json(last)
 
     def _delta_chunks(self, i: int, d: Delta, parsers: list[ToolCallParser | None],
@@ -300,10 +322,14 @@ class Call:
             return [self._chunk_json([c]) for c in self._chat_choices(i, d, parsers[i], n_calls)]
         if not (d.text or d.finish_reason):
             return []
-        return [self._chunk_json([{
-            "text": d.text, "index": i,
-            "logprobs": _logprobs_text(d.logprobs or [], 0) if self.want_logprobs else None,
-            "finish_reason": d.finish_reason}])]
+        logprobs = None
+        if self.want_logprobs:  # text_offset runs on over the choice's text (echo included)
+            if not self._offsets:
+                self._offsets = [len(t) for t in self.echo_texts] or [0] * len(self.requests)
+            logprobs = _logprobs_text(d.logprobs or [], self._offsets[i])
+            self._offsets[i] += sum(len(t.token) for t in d.logprobs or [])
+        return [self._chunk_json([{"text": d.text, "index": i, "logprobs": logprobs,
+                                   "finish_reason": d.finish_reason}])]
 
     def _opening(self) -> list[str]:
         """The chunks before the first token: the assistant role (chat), or the echoed prompt."""
@@ -325,7 +351,7 @@ class Call:
         if parser is not None:
             text, calls = parser.feed(d.text)
             if d.finish_reason is not None:
-                rest, _ = parser.finish()
+                rest, _ = parser.finish(truncated=d.finish_reason == "length")
                 text += rest
                 calls += self._final_calls(parser, n_calls[i] + len(calls))
         n_calls[i] += len(calls)
@@ -340,7 +366,7 @@ class Call:
             out.append({"index": i, "delta": delta, "logprobs": None, "finish_reason": None})
         if d.finish_reason is not None:
             reason = d.finish_reason
-            if n_calls[i]:
+            if n_calls[i] and not (parser is not None and parser.partial):
                 reason = "function_call" if self.legacy_functions else "tool_calls"
             out.append({"index": i, "delta": {}, "logprobs": None, "finish_reason": reason})
         return out
@@ -377,12 +403,17 @@ async def prepare_chat(pool, body: dict | ChatCompletionRequest, *,
     engine = await pool.get(req.model)
     backends.require(engine, "generate")
     _check_token_ids(engine, params)
+    media = req.media_part()
+    if media and not getattr(engine, "accepts_media", False):
+        # llama.cpp text models here: a part the template would drop is refused instead
+        raise _bad(f"Invalid '{media[0]}': {engine.model_id} is a text-only model; it cannot "
+                   f"read '{media[1]}' content parts. Send text parts only.", media[0])
     messages = req.message_dicts()
     _precheck_size(engine, sum(_text_size(m) for m in messages), "messages")
     prompt = await asyncio.to_thread(
         engine.render_chat, messages, tools=tools, tool_choice=req.tool_choice_value(),
         response_format=req.response_format_dict(), functions=functions,
-        function_call=req.function_call_value())
+        function_call=req.function_call_value(), parallel_tool_calls=req.parallel_tool_calls)
     if prompt.grammar:
         params.grammar = prompt.grammar
     tokens = await asyncio.to_thread(engine.tokenize, prompt.prompt, add_special=False,
@@ -394,6 +425,9 @@ async def prepare_chat(pool, body: dict | ChatCompletionRequest, *,
                 streaming=bool(req.stream), include_usage=req.include_usage,
                 model_version=model_version,
                 tool_family=prompt.extra.get("tool_family", "hermes") if prompt.parse_tools else None,
+                tool_parsing={"max_calls": prompt.extra.get("max_calls"),
+                              "forced": bool(prompt.extra.get("forced")),
+                              "names": prompt.extra.get("tool_names") or []},
                 legacy_functions=bool(functions) and not tools, want_logprobs=want_lp)
 
 

@@ -14,7 +14,9 @@ A key is `sk-` + 40 random base62 characters. Only its sha256 and a short displa
     moderation         POST /v1/moderations
     usage.read         GET /v1/usage, /v1/usage/billing (own key; admin: every key)
     webhooks           manage /v1/webhooks
-    admin              all of the above, plus /v1/auth/api-keys (key management)
+    admin              all of the above, plus creating keys and listing/revoking every key
+
+Any key lists (GET /v1/auth/api-keys) and may revoke itself.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from llmp.ids import new_id, random_base62
 from llmp.protocol.base import parse
 from llmp.protocol.resources import KEY_PERMISSIONS, TIER_NAMES, CreateKeyRequest
 from llmp.services import timefmt
-from llmp.services.limits import TIERS
+from llmp.services.limits import TIERS, Limiter
 
 PERMISSIONS: dict[str, str] = {
     "inference": "text and chat completions",
@@ -97,8 +99,9 @@ def public(key: dict) -> dict[str, Any]:
         "prefix": key["prefix"],
         "permissions": key["permissions"],
         "tier": key["tier"],
-        "rate_limit": {"requests_per_minute": key.get("requests_per_minute"),
-                       "tokens_per_minute": key.get("tokens_per_minute")},
+        # the limits that apply: the key's own, else its tier's
+        "rate_limit": dict(zip(("requests_per_minute", "tokens_per_minute"),
+                               Limiter.limits_for(key))),
         "limits": {f: key.get(f) for f in _QUOTA_FIELDS},
         "status": status(key),
         "created_at": timefmt.api_iso(key["created_at"]),
@@ -138,12 +141,20 @@ def create(db, body: dict | CreateKeyRequest) -> dict[str, Any]:
     return {**public(rec), "api_key": secret}
 
 
-def list_keys(db) -> list[dict]:
-    return [public(k) for k in db_keys.list_all(db)]
+def visible(caller: dict | None, key_id: str) -> bool:
+    """Whether `caller` may see (and revoke) the key `key_id`: an admin key every key,
+    another key itself (keys have no user above them: a key is its own user). None: the
+    operator (CLI on the home)."""
+    return caller is None or is_admin(caller) or caller.get("id") == key_id
 
 
-def revoke(db, key_id: str) -> dict:
-    key = db_keys.by_id(db, key_id)
+def list_keys(db, caller: dict | None = None) -> list[dict]:
+    """The keys `caller` may see (every key for an admin key or None)."""
+    return [public(k) for k in db_keys.list_all(db) if visible(caller, k["id"])]
+
+
+def revoke(db, key_id: str, caller: dict | None = None) -> dict:
+    key = db_keys.by_id(db, key_id) if visible(caller, key_id) else None
     if key is None:
         raise NotFoundError(f"No API key '{key_id}'", param="key_id", code="key_not_found")
     if key.get("bootstrap"):

@@ -1,14 +1,18 @@
 """The model registry as the API and the engine pool see it (over llmp.models.registry)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from llmp.db import models as db_models
 from llmp.engine.pool import ModelSpec
 from llmp.errors import InvalidRequestError, NotFoundError
 from llmp.models import registry
+from llmp.protocol.base import parse
+from llmp.protocol.resources import MODEL_CATEGORIES, MODEL_SIZES, ModelsQuery
 
-MAX_PER_PAGE = 100
+DEFAULT_PER_PAGE = 20
+assert (registry.CATEGORIES, registry.SIZES) == (MODEL_CATEGORIES, MODEL_SIZES), \
+    "llmp.protocol.resources lists the same model categories and sizes"
 
 
 def resolver(db, extra: dict[str, dict] | None = None) -> Callable[[str], ModelSpec]:
@@ -94,35 +98,27 @@ def get(db, model_id: str, extra: dict[str, dict] | None = None) -> dict:
     return registry.to_api(m, detailed=True, aliases=db_models.aliases(db, m["id"]))
 
 
-def _page_param(value: Any, name: str, default: int, hi: int | None = None) -> int:
-    if value is None:
-        return default
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        n = 0
-    if n < 1 or (hi is not None and n > hi):
-        raise InvalidRequestError(
-            f"Invalid '{name}': an integer from 1" + (f" to {hi}" if hi else ""),
-            param=name, code="invalid_parameter")
-    return n
-
-
-def list_page(db, *, category: str | None = None, size: str | None = None,
-              provider: str | None = None, page: Any = None, per_page: Any = None,
+def list_page(db, query: dict | ModelsQuery | None = None, *,
               extra: dict[str, dict] | None = None) -> dict:
     """GET /v1/models: the spec's `{models, total, page, per_page}` and OpenAI's
-    `{object: "list", data}` in one body (the same page of models under both keys), so the
-    spec's clients and the official openai client both read it."""
-    page_n = _page_param(page, "page", 1)
-    per = _page_param(per_page, "per_page", 20, MAX_PER_PAGE)
-    rows = registry.list_models(db, category=category, size=size, provider=provider)
+    `{object: "list", data}` in one body, so the spec's clients and the official openai
+    client both read it. `models` is always a page (the spec's paging, 20 by default); `data`
+    is that same page when `page` or `per_page` is given, else every model (OpenAI's list is
+    not paged: `client.models.list()` must see them all).
+
+    `category` matches a model's category or any of its capabilities (a chat model that
+    lists `text-generation` among its capabilities is found under both)."""
+    q = query if isinstance(query, ModelsQuery) else parse(ModelsQuery, dict(query or {}))
+    page_n, per = q.page or 1, q.per_page or DEFAULT_PER_PAGE
+    rows = registry.list_models(db, category=q.category, size=q.size, provider=q.provider)
     if extra:  # serve-time adapters, filtered like the registry's rows
         rows = sorted(rows + [r for r in extra.values()
-                              if (not category or r.get("category") == category)
-                              and (not size or r.get("size_class") == size)
-                              and (not provider or (r.get("provider") or "").lower()
-                                   == provider.lower())], key=lambda r: r["id"])
+                              if (not q.category or r.get("category") == q.category
+                                  or q.category in (r.get("capabilities") or []))
+                              and (not q.size or r.get("size_class") == q.size)
+                              and (not q.provider or (r.get("provider") or "").lower()
+                                   == q.provider.lower())], key=lambda r: r["id"])
     items = [registry.to_api(m) for m in rows[(page_n - 1) * per: page_n * per]]
-    return {"object": "list", "data": items, "models": items, "total": len(rows),
-            "page": page_n, "per_page": per}
+    paged = q.page is not None or q.per_page is not None
+    return {"object": "list", "data": items if paged else [registry.to_api(m) for m in rows],
+            "models": items, "total": len(rows), "page": page_n, "per_page": per}

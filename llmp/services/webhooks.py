@@ -35,6 +35,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import urllib.parse
 import secrets
 import socket
@@ -68,6 +69,9 @@ EVENTS = (
     "fine_tuning.job.succeeded",
     "fine_tuning.job.cancelled",
     "usage.limit.reached",
+    # the spec lists it, so endpoints may subscribe to it; llmp takes no payments itself, so
+    # it never fires locally (a billing integration in front of llmp would emit it)
+    "payment.failed",
 )
 TEST_EVENT = "webhook.test"  # sent by POST /v1/webhooks/{id}/test, whatever the subscription
 SECRET_PREFIX = "whsec_"
@@ -293,7 +297,11 @@ def _delivery_api(d: dict) -> dict:
     return {"id": d["id"], "object": "webhook.delivery", "webhook_id": d["webhook_id"],
             "event_id": d["event_id"], "event": d["event"], "status": d["status"],
             "attempts": d["attempts"], "last_status_code": d["last_status_code"],
-            "last_error": d["last_error"], "next_attempt_at": d["next_attempt_at"],
+            "last_error": d["last_error"],
+            # stored as a float (the deliverer's schedule); shown as whole seconds, as every
+            # other timestamp of the API (rounded up: no retry happens before it)
+            "next_attempt_at": None if d["next_attempt_at"] is None
+            else math.ceil(d["next_attempt_at"]),
             "created_at": d["created_at"], "delivered_at": d["delivered_at"]}
 
 

@@ -1,11 +1,13 @@
-"""POST/GET/DELETE /v1/auth/api-keys: key management (admin keys only)."""
+"""POST/GET/DELETE /v1/auth/api-keys: key management. Creating keys needs an admin key; any
+key lists and revokes the keys of its user (the spec's "keys for the authenticated user"):
+an admin key every key, another key itself."""
 from __future__ import annotations
 
 from aiohttp import web
 
 from llmp.server.auth import requires
 from llmp.server.middleware import read_json
-from llmp.server.state import DB
+from llmp.server.state import API_KEY, DB
 from llmp.services import keys as keys_service
 
 
@@ -16,15 +18,15 @@ async def create_key(request: web.Request) -> web.Response:
     return web.json_response(keys_service.create(request.app[DB], body))
 
 
-@requires("admin")
+@requires(None)
 async def list_keys(request: web.Request) -> web.Response:
-    data = keys_service.list_keys(request.app[DB])
+    data = keys_service.list_keys(request.app[DB], request[API_KEY])
     return web.json_response({"object": "list", "data": data, "total": len(data)})
 
 
-@requires("admin")
+@requires(None)
 async def revoke_key(request: web.Request) -> web.Response:
-    key = keys_service.revoke(request.app[DB], request.match_info["key_id"])
+    key = keys_service.revoke(request.app[DB], request.match_info["key_id"], request[API_KEY])
     return web.json_response({**key, "deleted": True})
 
 

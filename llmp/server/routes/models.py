@@ -10,11 +10,8 @@ from llmp.services import models as models_service
 
 @requires("models.read")
 async def list_models(request: web.Request) -> web.Response:
-    q = request.query
     return web.json_response(models_service.list_page(
-        request.app[DB], category=q.get("category"), size=q.get("size"),
-        provider=q.get("provider"), page=q.get("page"), per_page=q.get("per_page"),
-        extra=request.app[ADAPTERS]))
+        request.app[DB], dict(request.query), extra=request.app[ADAPTERS]))
 
 
 @requires("models.read")
