@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from llmp.models import registry
+
 from schema_check import check
 
 # chat bodies must not make the openai client's pydantic models warn (e.g. about `metadata`)

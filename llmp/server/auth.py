@@ -16,6 +16,8 @@ from llmp.services import keys as keys_service
 from llmp.server.state import API_KEY, DB, LIMITER
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: a handler's `permission` when any valid key may call it (`requires(None)`)
+AUTHENTICATED = "authenticated"
 
 
 def bearer(request: web.Request) -> str | None:
@@ -46,7 +48,8 @@ def requires(permission: str | None) -> Callable[[Handler], Handler]:
             request.app[LIMITER].take_request(key)
             return await handler(request)
 
-        wrapped.permission = permission  # type: ignore[attr-defined]
+        # what /openapi.json shows as x-permission ("authenticated": any valid key)
+        wrapped.permission = permission or AUTHENTICATED  # type: ignore[attr-defined]
         return wrapped
 
     return decorate
