@@ -41,6 +41,22 @@ def test_llama_guard_3_prompt_is_its_chat_template(text):
     assert PROFILES["llama-guard-3"].render(text) == want
 
 
+@pytest.mark.parametrize("text", [TEXT, "  spaced out \n", "multi\nline ünïcode 🙂"])
+def test_llama_guard_3_1b_prompt_is_its_chat_template(text):
+    """The 1B template takes the content as a list of text parts."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(msg):
+        raise ValueError(msg)
+
+    tpl = ImmutableSandboxedEnvironment().from_string(
+        (DATA / "llama-guard-3-1b.jinja").read_text())
+    want = tpl.render(messages=[{"role": "user", "content": [{"type": "text", "text": text}]}],
+                      raise_exception=raise_exception)
+    assert PROFILES["llama-guard-3-1b"].render(text) == want
+    assert "S14" not in want
+
+
 @pytest.mark.parametrize("text", [TEXT, "two\n\nparagraphs"])
 def test_qwen3_guard_prompt_is_its_chat_template(text):
     want = (DATA / "qwen3guard-gen-prompt.txt").read_text().replace("{{TEXT}}", text)
@@ -53,6 +69,9 @@ def test_detect_profile_from_metadata():
     assert guard_mod.detect("model", tpl) == "llama-guard-3"
     assert guard_mod.detect("Qwen3Guard-Gen-0.6B", None) == "qwen3-guard"
     assert guard_mod.detect("tiny", "{{ messages }}") is None
+    assert guard_mod.detect("Llama Guard 3 1B", None) == "llama-guard-3-1b"
+    assert guard_mod.detect("model", (DATA / "llama-guard-3-1b.jinja").read_text()) == \
+        "llama-guard-3-1b"
 
 
 # --------------------------------------------------------------------------- verdicts

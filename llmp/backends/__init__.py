@@ -31,7 +31,7 @@ _HINT = {
     "embed": "it is not an embedding model (category 'embedding'); embed with a GGUF "
              "embedding model (e.g. `llmp models synth --preset embed --register`)",
     "moderate": "it is not a guard model; register one with `llmp models set-guard ID "
-                "--profile llama-guard-3|qwen3-guard`",
+                "--profile llama-guard-3|llama-guard-3-1b|qwen3-guard`",
 }
 
 

@@ -305,7 +305,8 @@ def set_price(
 def set_guard(
     model: ModelArg,
     profile: Annotated[Optional[str], typer.Option(
-        "--profile", help="llama-guard-3 | qwen3-guard (default: detected from the model's "
+        "--profile", help="llama-guard-3 | llama-guard-3-1b | qwen3-guard (default: detected "
+        "from the model's "
         "metadata); 'none' unmarks the model.")] = None,
 ) -> None:
     """Mark a model as a guard (safety classifier) serving POST /v1/moderations."""

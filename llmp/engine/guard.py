@@ -16,7 +16,8 @@ verdict, and names the texts the scores are read after (see `llmp.services.moder
 Mapping onto OpenAI's 13 categories (`mapping`): a guard category may map to several OpenAI
 categories, and OpenAI categories no guard category maps to score 0 and are never flagged.
 
-Llama Guard 3 (MLCommons hazards taxonomy, S1-S14):
+Llama Guard 3 (MLCommons hazards taxonomy, S1-S14; the 1B model, profile `llama-guard-3-1b`,
+has S1-S13 and takes the content as a list of text parts):
 
 | code | Llama Guard 3             | OpenAI categories                      |
 |------|---------------------------|----------------------------------------|
@@ -160,6 +161,25 @@ class LlamaGuard3(GuardProfile):
                 f"code ::= {codes}\n")
 
 
+@dataclass(frozen=True)
+class LlamaGuard3_1B(LlamaGuard3):
+    """Llama Guard 3 1B: its template takes the content as a list of text parts (each part
+    a `User: ...` block, trimmed), lists S1-S13 (no S14, Code Interpreter Abuse), has no
+    leading space and puts a space before <|eot_id|>."""
+
+    def render(self, text: str) -> str:
+        cats = "".join(f"{c}: {n}.\n" for c, n in self.categories.items())
+        return ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
+                "Task: Check if there is unsafe content in 'User' messages in conversations "
+                "according our safety policy with the below categories.\n\n"
+                f"<BEGIN UNSAFE CONTENT CATEGORIES>\n{cats}<END UNSAFE CONTENT CATEGORIES>\n\n"
+                f"<BEGIN CONVERSATION>\n\nUser: {text.strip()}\n\n<END CONVERSATION>\n\n"
+                "Provide your safety assessment for ONLY THE LAST User message in the above "
+                "conversation:\n - First line must read 'safe' or 'unsafe'.\n - If unsafe, a "
+                "second line must include a comma-separated list of violated categories. "
+                "<|eot_id|><|start_header_id|>assistant<|end_header_id|>")
+
+
 # ----------------------------------------------------------------------------- Qwen3Guard
 QWEN3_GUARD_CATEGORIES = {
     "Violent": "Violent", "Non-violent Illegal Acts": "Non-violent Illegal Acts",
@@ -235,6 +255,12 @@ PROFILES: dict[str, GuardProfile] = {
         name="llama-guard-3", categories=LLAMA_GUARD_3_CATEGORIES, mapping=LLAMA_GUARD_3_MAPPING,
         verdict_prefix="\n\n", safe_word="safe", unsafe_word="unsafe",
         category_prefix="\n\nunsafe\n"),
+    "llama-guard-3-1b": LlamaGuard3_1B(
+        name="llama-guard-3-1b",
+        categories={c: n for c, n in LLAMA_GUARD_3_CATEGORIES.items() if c != "S14"},
+        mapping={c: m for c, m in LLAMA_GUARD_3_MAPPING.items() if c != "S14"},
+        verdict_prefix="\n\n", safe_word="safe", unsafe_word="unsafe",
+        category_prefix="\n\nunsafe\n"),
     "qwen3-guard": Qwen3Guard(
         name="qwen3-guard", categories=QWEN3_GUARD_CATEGORIES, mapping=QWEN3_GUARD_MAPPING,
         verdict_prefix="Safety:", safe_word=" Safe", unsafe_word=" Unsafe",
@@ -257,7 +283,11 @@ def detect(name: str | None, template: str | None) -> str | None:
     text = f"{name or ''}\n{template or ''}".lower()
     if "qwen3guard" in text or "qwen3-guard" in text:
         return "qwen3-guard"
-    if "llama-guard-3" in text or "llama guard 3" in text or (
+    lg3 = "llama-guard-3" in text or "llama guard 3" in text or "llama-guard3" in text
+    if (lg3 and "1b" in text) or ("unsafe content categories" in text and
+                                  "selectattr('type', 'equalto', 'text')" in text):
+        return "llama-guard-3-1b"
+    if lg3 or (
             "unsafe content categories" in text and "s14: code interpreter abuse" in text):
         return "llama-guard-3"
     return None

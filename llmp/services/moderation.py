@@ -54,7 +54,7 @@ OPENAI_MODELS = ("omni-moderation-latest", "omni-moderation-2024-09-26",
                  "text-moderation-latest", "text-moderation-stable", "text-moderation-007")
 HOW_TO_ADD = ("register a guard model (e.g. Llama Guard 3 or Qwen3Guard GGUF) and mark it: "
               "`llmp models add PATH --name ID` then `llmp models set-guard ID --profile "
-              "llama-guard-3|qwen3-guard`")
+              "llama-guard-3|llama-guard-3-1b|qwen3-guard`")
 
 
 def thresholds(settings: Settings) -> dict[str, float]:
