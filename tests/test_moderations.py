@@ -17,6 +17,7 @@ from conftest import start_server
 
 from llmp.engine import guard as guard_mod
 from llmp.engine.guard import OPENAI_CATEGORIES, PROFILES, Verdict
+from llmp.models import guards
 from llmp.server.state import WRITER
 
 from schema_check import check
@@ -63,14 +64,28 @@ def test_qwen3_guard_prompt_is_its_chat_template(text):
     assert PROFILES["qwen3-guard"].render(text) == want
 
 
+def test_guard_detected_when_registered(tmp_path):
+    """A GGUF whose metadata names a guard family is registered as a guard."""
+    from llmp.config import load_settings
+    from llmp.db import open_home
+    from llmp.models import registry
+    from llmp.models.synth import synthesize
+
+    db = open_home(load_settings().ensure_dirs())
+    path = synthesize("tiny", tmp_path / "lg.gguf", name="Llama Guard 3 8B (synthetic)")
+    assert registry.register(db, path, model_id="lg")["guard_profile"] == "llama-guard-3"
+    plain = synthesize("tiny", tmp_path / "plain.gguf")
+    assert registry.register(db, plain, model_id="plain").get("guard_profile") is None
+
+
 def test_detect_profile_from_metadata():
     tpl = (DATA / "llama-guard-3-8b.jinja").read_text()
-    assert guard_mod.detect("Llama Guard 3 8B", None) == "llama-guard-3"
-    assert guard_mod.detect("model", tpl) == "llama-guard-3"
-    assert guard_mod.detect("Qwen3Guard-Gen-0.6B", None) == "qwen3-guard"
-    assert guard_mod.detect("tiny", "{{ messages }}") is None
-    assert guard_mod.detect("Llama Guard 3 1B", None) == "llama-guard-3-1b"
-    assert guard_mod.detect("model", (DATA / "llama-guard-3-1b.jinja").read_text()) == \
+    assert guards.detect("Llama Guard 3 8B", None) == "llama-guard-3"
+    assert guards.detect("model", tpl) == "llama-guard-3"
+    assert guards.detect("Qwen3Guard-Gen-0.6B", None) == "qwen3-guard"
+    assert guards.detect("tiny", "{{ messages }}") is None
+    assert guards.detect("Llama Guard 3 1B", None) == "llama-guard-3-1b"
+    assert guards.detect("model", (DATA / "llama-guard-3-1b.jinja").read_text()) == \
         "llama-guard-3-1b"
 
 

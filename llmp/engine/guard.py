@@ -276,18 +276,3 @@ def profile(name: str) -> GuardProfile:
         raise InvalidRequestError(f"unknown guard profile {name!r}: use one of "
                                   f"{', '.join(PROFILES)}", param="profile")
     return p
-
-
-def detect(name: str | None, template: str | None) -> str | None:
-    """The profile a model's metadata suggests (its name or chat template), else None."""
-    text = f"{name or ''}\n{template or ''}".lower()
-    if "qwen3guard" in text or "qwen3-guard" in text:
-        return "qwen3-guard"
-    lg3 = "llama-guard-3" in text or "llama guard 3" in text or "llama-guard3" in text
-    if (lg3 and "1b" in text) or ("unsafe content categories" in text and
-                                  "selectattr('type', 'equalto', 'text')" in text):
-        return "llama-guard-3-1b"
-    if lg3 or (
-            "unsafe content categories" in text and "s14: code interpreter abuse" in text):
-        return "llama-guard-3"
-    return None

@@ -32,7 +32,7 @@ from sqlite_utils import Database
 from llmp.config import Settings
 from llmp.db import models as db_models
 from llmp.errors import InvalidRequestError, NotFoundError
-from llmp.models import gguf_meta
+from llmp.models import gguf_meta, guards
 from llmp.models.gguf_meta import GGUFInfo
 
 CATEGORIES = ("text-generation", "chat", "embedding")
@@ -151,6 +151,11 @@ def register(db: Database, path: Path | str, *, model_id: str | None = None,
     else:
         record.update(price_input=0.0, price_output=0.0, currency="USD", created_at=stamp)
     record["updated_at"] = stamp
+    if not (existing and existing.get("guard_profile")):
+        # a guard model (Llama Guard 3, Qwen3Guard) serves moderations as registered
+        profile = guards.detect(info.name or model_id, info.chat_template)
+        if profile:
+            record["guard_profile"] = profile
     return db_models.upsert(db, record)
 
 

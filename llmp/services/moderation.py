@@ -77,8 +77,9 @@ def defuse(text: str) -> str:
 def set_guard(db, model_id: str, profile_name: str | None) -> dict:
     """`llmp models set-guard`: mark a registered model as a guard with a profile (`None`:
     detected from its name and chat template; "none": unmark it). Returns its record."""
-    from llmp.engine.guard import PROFILES, detect
+    from llmp.engine.guard import PROFILES
     from llmp.models import registry
+    from llmp.models.guards import detect
 
     m = registry.resolve(db, model_id)
     if profile_name == "none":
