@@ -39,6 +39,21 @@ def pid_alive(pid: int) -> bool:
     return b"llmp" in cmdline  # the pid was reused by something else: stale
 
 
+def pid_running(pid: int) -> bool:
+    """True until process `pid` has exited (a zombie counts as exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
 def write(home: Path, url: str, *, pid: int | None = None, log_file: Path | None = None) -> Path:
     path = server_file(home)
     tmp = path.with_suffix(".tmp")

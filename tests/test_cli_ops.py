@@ -97,8 +97,10 @@ def test_stale_server_file_is_ignored(cli, llmp_home, monkeypatch):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     discovery.write(llmp_home, "http://127.0.0.1:9", pid=dead.pid)
+    port = _free_port()  # the configured port (nothing listens there; 8000 may be taken)
+    monkeypatch.setenv("LLMP_PORT", str(port))
     r = cli("keys", "list")
-    assert r.exit_code != 0 and "127.0.0.1:8000" in r.stderr  # the default, not the stale URL
+    assert r.exit_code != 0 and f"127.0.0.1:{port}" in r.stderr  # not the stale URL
     assert not discovery.server_file(llmp_home).exists()
     r = cli("stop")
     assert r.exit_code != 0 and "no llmp server is running" in r.stderr

@@ -72,10 +72,10 @@ def ps(url: UrlOpt = None, api_key: ApiKeyOpt = None, json_out: JsonOpt = False)
 def _pid_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not discovery.pid_alive(pid):
+        if not discovery.pid_running(pid):
             return True
         time.sleep(0.1)
-    return not discovery.pid_alive(pid)
+    return not discovery.pid_running(pid)
 
 
 def stop(
