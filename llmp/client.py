@@ -232,7 +232,8 @@ class _Base:
             flag = "--url" if self.url_source == "--url" else "LLMP_URL (or --url)"
             raise errors.ConfigError(f"{self.url!r} is not a server URL: set {flag} to one like "
                                      "http://127.0.0.1:8000")
-        self.api_key = api_key or default_key(settings)
+        # None: the default key; "" : no key at all (e.g. a third-party server in `llmp bench`)
+        self.api_key = api_key if api_key is not None else default_key(settings)
         self.timeout = httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout))
 
     def _headers(self, json_body: Any, files: dict | None,

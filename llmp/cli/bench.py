@@ -16,9 +16,7 @@ spread over K adapters (the model's registered adapters, else random ones of
 from __future__ import annotations
 
 import asyncio
-import json
 import random
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,7 +31,7 @@ from llmp.cli.ui import console
 from llmp.config import Settings, load_settings
 from llmp.engine.engine import Engine
 from llmp.engine.types import GenerationRequest, SamplingParams
-from llmp.errors import InvalidRequestError, ServerError
+from llmp.errors import InvalidRequestError
 
 _FILLER = "The quick brown fox jumps over the lazy dog. A language model predicts the next token. "
 
@@ -139,48 +137,43 @@ async def _bench_baseline(b: _Baseline, prompts: list[list[int]], conc: int, gen
     return run
 
 
-_USAGE = re.compile(rb'"usage":\s*\{')  # the chunk that carries usage (others: none or null)
 
 
 async def _bench_url(url: str, model: str, api_key: str | None, texts: list[str] | list[list[int]], conc: int,
                      gen: int) -> Run:
-    import aiohttp
+    """Load an OpenAI-compatible server at `url` through llmp's one HTTP client
+    (`llmp.client.AsyncClient` and its SSE parser)."""
+    from llmp.client import AsyncClient, httpx
+
     run = Run()
     sem = asyncio.Semaphore(conc)
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    endpoint = url.rstrip("/") + ("/completions" if url.rstrip("/").endswith("/v1") else "/v1/completions")
 
-    async def one(session: aiohttp.ClientSession, text: str | list[int]) -> None:
+    async def one(client: AsyncClient, text: str | list[int]) -> None:
         async with sem:
             body = {"model": model, "prompt": text, "max_tokens": gen, "temperature": 0, "stream": True,
                     "ignore_eos": True, "stream_options": {"include_usage": True}}
             t0 = time.perf_counter()
             ttft, n, usage = None, 0, None
-            async with session.post(endpoint, json=body, headers=headers) as r:
-                if r.status != 200:
-                    raise ServerError(f"{endpoint}: HTTP {r.status}: {(await r.text())[:200]}")
-                async for raw in r.content:
-                    if not raw.startswith(b"data:") or raw.startswith(b"data: [DONE]"):
-                        continue
-                    if ttft is not None and not _USAGE.search(raw):
-                        n += 1  # keep the client light: it shares the CPU with the server
-                        continue
-                    data = json.loads(raw[5:])
-                    if data.get("usage"):
-                        usage = data["usage"].get("completion_tokens")
-                    if data.get("choices") and data["choices"][0].get("text"):
-                        n += 1
-                        if ttft is None:
-                            ttft = time.perf_counter() - t0
+            async for data in client.stream("POST", "/v1/completions", json=body):
+                if data.get("usage"):
+                    usage = data["usage"].get("completion_tokens")
+                if data.get("choices") and data["choices"][0].get("text"):
+                    n += 1
+                    if ttft is None:
+                        ttft = time.perf_counter() - t0
             run.tokens += usage or n
             run.ttfts.append(ttft or 0.0)
 
     t0 = time.perf_counter()
     # One connection per request: llama-server closes the connection after a streamed
     # response although it announces keep-alive, so a pooled one fails on reuse.
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600),
-                                     connector=aiohttp.TCPConnector(force_close=True)) as session:
-        await asyncio.gather(*(one(session, t) for t in texts))
+    http = httpx.AsyncClient(timeout=httpx.Timeout(3600.0, connect=10.0),
+                             limits=httpx.Limits(max_connections=None, max_keepalive_connections=0))
+    async with AsyncClient(url, api_key or "", http=http) as client:
+        try:
+            await asyncio.gather(*(one(client, t) for t in texts))
+        finally:
+            await http.aclose()
     run.seconds = time.perf_counter() - t0
     return run
 
