@@ -421,3 +421,132 @@ def test_max_tokens_beyond_the_context_is_clamped(server, path):
     assert status == 200 and r["choices"][0]["finish_reason"] == "length"
     ctx = server.settings.slot_ctx
     assert ctx <= r["usage"]["total_tokens"] <= ctx + 1
+
+
+# ----------------------------------------------------------------------------- 5
+def _engine(srv, model: str = "tiny"):
+    from llmp.server.state import POOL
+
+    return srv.run(srv.app[POOL].get(model))
+
+
+def test_streamed_logprobs_run_on_like_the_whole_body(server):
+    """5. Streamed chunks carry running text_offsets: the stream's logprobs, joined, equal
+    the non-streamed body's (echo included)."""
+    client = server.openai()
+    kw = dict(model="tiny", prompt="The quick brown fox", max_tokens=8, logprobs=2,
+              temperature=0, extra_body={"ignore_eos": True})
+    whole = client.completions.create(**kw).choices[0].logprobs
+    joined = {"tokens": [], "token_logprobs": [], "text_offset": []}
+    for c in client.completions.create(**kw, stream=True):
+        lp = c.choices[0].logprobs
+        for k in joined:
+            joined[k] += getattr(lp, k) if lp else []
+    assert joined["tokens"] == whole.tokens and joined["text_offset"] == whole.text_offset
+    assert joined["token_logprobs"] == pytest.approx(whole.token_logprobs, abs=1e-3)
+    assert whole.text_offset[0] == 0 and whole.text_offset == sorted(whole.text_offset)
+    assert len(set(whole.text_offset)) > 1
+
+
+def _first_token_filled(body: dict) -> dict:
+    """The body with an echoed prompt's first token given a number: OpenAI's API answers null
+    there (nothing predicts the first token; evaluation harnesses expect it), which its
+    published schema (numbers only) does not allow; everything else is checked as is."""
+    body = json.loads(json.dumps(body))
+    for c in body["choices"]:
+        lp = c.get("logprobs") or {}
+        lp["token_logprobs"] = [0.0 if x is None else x for x in lp.get("token_logprobs", [])]
+        lp["top_logprobs"] = [{} if x is None else x for x in lp.get("top_logprobs", [])]
+    return body
+
+
+def test_echo_carries_the_prompt_logprobs(server):
+    """5. With echo, the prompt's own tokens carry their logprobs (the first none), and
+    max_tokens 0 answers just the prompt, as OpenAI's legacy completions do; a prompt token's
+    logprob is the one the model gives it when it generates that token."""
+    client = server.openai()
+    prompt = "The quick brown fox"
+    r = client.completions.create(model="tiny", prompt=prompt, max_tokens=1, logprobs=1,
+                                  temperature=0, extra_body={"ignore_eos": True})
+    check(r.model_dump(), "CreateCompletionResponse")
+    generated = r.choices[0].logprobs
+    (nxt,), (nxt_lp,) = generated.tokens, generated.token_logprobs
+    eng = _engine(server)
+    ids = eng.tokenize(prompt, add_special=True)
+    nxt_id = next(t for t in range(eng.model.n_vocab)
+                  if eng.model.piece(t).decode("utf-8", "replace") == nxt)
+    for stream in (False, True):
+        kw = dict(model="tiny", prompt=[*ids, nxt_id], max_tokens=0, echo=True, logprobs=2)
+        if stream:
+            chunks = list(client.completions.create(**kw, stream=True))
+            lp = chunks[0].choices[0].logprobs
+            assert chunks[-1].choices[0].finish_reason == "length"
+        else:
+            body = client.completions.create(**kw)
+            check(_first_token_filled(body.model_dump()), "CreateCompletionResponse")
+            assert body.usage.completion_tokens == 0
+            assert body.choices[0].text == eng.model.detokenize([*ids, nxt_id])
+            lp = body.choices[0].logprobs
+        assert len(lp.tokens) == len(ids) + 1 and lp.tokens[-1] == nxt
+        assert lp.token_logprobs[0] is None and all(x < 0 for x in lp.token_logprobs[1:])
+        assert lp.token_logprobs[-1] == pytest.approx(nxt_lp, abs=2e-3)
+        assert lp.text_offset[0] == 0 and len(lp.top_logprobs[1]) == 2
+    # echo + generation: the prompt's tokens, then the generated ones, offsets running on
+    r = client.completions.create(model="tiny", prompt=prompt, max_tokens=3, logprobs=0,
+                                  echo=True, temperature=0, extra_body={"ignore_eos": True})
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(ids) + 3 and "".join(lp.tokens) == r.choices[0].text
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:k]) for k in range(len(lp.tokens))]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="tiny", prompt=prompt, max_tokens=0)
+    assert e.value.body["param"] == "max_tokens"
+
+
+def _with_fim(src, dst):
+    """A copy of a GGUF whose vocabulary names fill-in-the-middle tokens (three of its
+    special tokens)."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    reader = GGUFReader(src)
+    tokens = [bytes(reader.fields["tokenizer.ggml.tokens"].parts[i]).decode()
+              for i in reader.fields["tokenizer.ggml.tokens"].data]
+    writer = GGUFWriter(dst, "llama")
+    for key, f in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        vtype = f.types[0]
+        writer.add_key_value(key, f.contents(), vtype,
+                             sub_type=f.types[-1] if vtype == GGUFValueType.ARRAY else None)
+    fim = [tokens.index(t) for t in ("<|im_start|>", "<tool_call>", "</tool_call>")]
+    for name, tid in zip(("pre", "suf", "mid"), fim):
+        writer.add_uint32(f"tokenizer.ggml.fim_{name}_token_id", tid)
+    for t in reader.tensors:
+        writer.add_tensor(t.name, t.data, raw_shape=[int(x) for x in reversed(t.shape)],
+                          raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return fim
+
+
+def test_suffix_is_fill_in_the_middle_or_a_clear_400(own_server, tiny_model_path, tmp_path):
+    """5. suffix: fill-in-the-middle on a model whose vocabulary has FIM tokens (the prompt
+    is <PRE> prompt <SUF> suffix <MID>); a clear 400 on one without."""
+    srv = own_server
+    client = srv.openai()
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="tiny", prompt="def f(", suffix="\n    return x",
+                                  max_tokens=4)
+    assert e.value.body["param"] == "suffix" and "fill-in-the-middle" in e.value.body["message"]
+    fim = _with_fim(tiny_model_path, tmp_path / "fim.gguf")
+    registry.register(srv.db, tmp_path / "fim.gguf", model_id="coder")
+    eng = _engine(srv, "coder")
+    assert eng.model.fim_tokens() == tuple(fim)
+    r = client.completions.create(model="coder", prompt="def f(", suffix="\n    return x",
+                                  max_tokens=4, extra_body={"ignore_eos": True})
+    check(r.model_dump(), "CreateCompletionResponse")
+    n = len(eng.tokenize("def f(", add_special=False)) + \
+        len(eng.tokenize("\n    return x", add_special=False))
+    assert r.usage.prompt_tokens == n + 3 + int(eng.model.add_bos)
+    assert r.usage.completion_tokens == 4 and r.choices[0].finish_reason == "length"

@@ -72,7 +72,9 @@ CASES = [
     (CompletionRequest, {**COMP, "prompt": []}, "invalid_parameter", "prompt"),
     (CompletionRequest, {**COMP, "logprobs": 21}, "invalid_parameter", "logprobs"),
     (CompletionRequest, {**COMP, "best_of": 3}, "invalid_parameter", "best_of"),
-    (CompletionRequest, {**COMP, "suffix": "x"}, "invalid_parameter", "suffix"),
+    (CompletionRequest, {**COMP, "suffix": "x"}, None, None),  # 400 from a model without FIM
+    (CompletionRequest, {**COMP, "max_tokens": 0}, "invalid_parameter", "max_tokens"),
+    (CompletionRequest, {**COMP, "max_tokens": 0, "echo": True}, None, None),
     (CompletionRequest, {**COMP, "echo": 1}, "invalid_parameter", "echo"),
     # keys
     (CreateKeyRequest, {"name": "k"}, None, None),

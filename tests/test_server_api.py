@@ -105,7 +105,8 @@ def test_completions(server):
     r = client.completions.create(model="tiny", prompt="The quick brown fox", max_tokens=6,
                                   logprobs=2, echo=True, extra_body=FULL)
     assert r.object == "text_completion" and r.choices[0].text.startswith("The quick brown fox")
-    assert len(r.choices[0].logprobs.tokens) == 6 and r.usage.completion_tokens == 6
+    # echo: the prompt's 4 tokens (with their logprobs) then the 6 generated
+    assert len(r.choices[0].logprobs.tokens) == 4 + 6 and r.usage.completion_tokens == 6
     status, _, body = server.request("POST", "/v1/completions", json={
         "model": "tiny", "prompt": ["a", "b"], "max_tokens": 3, **FULL})
     assert status == 200 and len(body["choices"]) == 2

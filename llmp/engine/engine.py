@@ -115,6 +115,9 @@ class _Job:
     lps: list[TokenLogprob] = field(default_factory=list)  # their logprobs
     cached: int | None = None  # prompt tokens found in the KV cache; None until first started
     scores: list[float] | None = None  # a scoring job's result (see `Engine.score`)
+    # the prompt's logprobs (`GenerationRequest.prompt_logprobs`): entry k for token k + 1
+    prompt_lps: list[TokenLogprob] = field(default_factory=list)
+    prompt_lps_sent: bool = False
     first_at: float | None = None
 
     def context(self) -> list[int]:
@@ -141,6 +144,7 @@ class _Slot:
     todo: list[int] = field(default_factory=list)  # tokens still to prefill
     last: int | None = None  # sampled token, decoded in the next step
     out_idx: int = -1  # batch index of this slot's logits in the current step
+    prompt_idx: list[tuple[int, int]] = field(default_factory=list)  # (batch index, position)
     lora: LoraSet = ()  # the adapter set its cached KV was computed with
 
     @property
@@ -403,7 +407,8 @@ class Engine:
                 f"This model's context per request is {self.slot_ctx} tokens; the prompt has "
                 f"{len(tokens)} tokens. Shorten the prompt.",
                 param=req.prompt_param)
-        backend = self.backend_sampling and backend_capable(req.params)
+        backend = self.backend_sampling and backend_capable(req.params) \
+            and req.prompt_logprobs is None
         chain = SamplerChain(self.model, req.params, backend=backend)
         return _Job(req=req, tokens=tokens, loop=asyncio.get_running_loop(), out=asyncio.Queue(),
                     chain=chain, text=TextStream(req.params.stop), backend=backend,
@@ -592,14 +597,16 @@ class Engine:
         have had uninterrupted (a recomputed KV can differ in the last bits: greedy output stays
         the same)."""
         keep = min(_common_prefix(slot.cache, tokens), len(tokens) - 1)
-        if slot.lora != job.lora:
-            keep = 0
+        if slot.lora != job.lora or (job.req.prompt_logprobs is not None
+                                     and len(job.prompt_lps) < len(job.tokens) - 1):
+            keep = 0  # (prompt logprobs: every position's logits are needed)
             slot.lora = job.lora
         if not L.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
             L.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
             keep = 0
         del slot.cache[keep:]
         slot.job, slot.todo, slot.last, slot.out_idx = job, tokens[keep:], None, -1
+        slot.prompt_idx = []
         if job.backend:
             L.llama_set_sampler(self.ctx, slot.seq, job.chain.ptr)
         if job.cached is not None:  # resumed after a preemption: already counted
@@ -608,8 +615,8 @@ class Engine:
         self._counters["requests"] += 1
         self._counters["prompt_tokens"] += len(job.tokens)
         self._counters["cached_tokens"] += keep
-        if job.req.params.max_tokens == 0:
-            self._finish(slot, "length", "")
+        if job.req.params.max_tokens == 0 and job.req.prompt_logprobs is None:
+            self._finish(slot, "length", "")  # (with prompt logprobs: once the prompt is read)
 
     def _victim(self, job: _Job) -> _Slot | None:
         """The slot to preempt for `job`: among those running a job of lower priority, the one
@@ -675,8 +682,11 @@ class Engine:
             if budget <= 0:
                 break
             chunk, s.todo = s.todo[:budget], s.todo[budget:]
+            every = s.running.req.prompt_logprobs is not None
             for i, tok in enumerate(chunk):
-                put(tok, s, not s.todo and i == len(chunk) - 1)
+                if every:
+                    s.prompt_idx.append((n, len(s.cache)))
+                put(tok, s, every or (not s.todo and i == len(chunk) - 1))
             if not s.todo:
                 s.out_idx = n - 1
             budget -= len(chunk)
@@ -699,7 +709,12 @@ class Engine:
             self._step_s = now - t0 if not self._step_s else 0.9 * self._step_s + 0.1 * (now - t0)
         produced = 0
         for s in active:
+            if s.prompt_idx:
+                self._prompt_logprobs(s)
             if s.out_idx >= 0 and s.job is not None:
+                if s.job.req.params.max_tokens == 0:  # the prompt's logprobs only
+                    self._finish(s, "length", "")
+                    continue
                 self._sample(s, now)
                 produced += 1
         self._counters["generated_tokens"] += produced
@@ -707,6 +722,17 @@ class Engine:
         self._recent.append((t, produced))
         while t - self._recent[0][0] > 10.0:
             self._recent.popleft()
+
+    def _prompt_logprobs(self, s: _Slot) -> None:
+        """Read the log-probability of each prompt token from the logits of the position
+        before it (the positions this step prefilled)."""
+        job = s.running
+        k = job.req.prompt_logprobs or 0
+        for idx, pos in s.prompt_idx:
+            if pos + 1 < len(job.tokens) and pos == len(job.prompt_lps):
+                job.prompt_lps.append(token_logprob(self.model, self.ctx, idx,
+                                                    job.tokens[pos + 1], k))
+        s.prompt_idx = []
 
     def _serve_group(self, active: list[_Slot]) -> list[_Slot]:
         """The slots this step serves: all of them when they share one adapter set (the
@@ -775,6 +801,10 @@ class Engine:
         d = Delta(text=text, token_ids=job.ids, finish_reason=finish, usage=usage,
                   logprobs=job.lps if job.req.params.logprobs is not None else None,
                   scores=job.scores if finish is not None else None)
+        if job.req.prompt_logprobs is not None and not job.prompt_lps_sent:
+            d.prompt_token_ids = list(job.tokens)
+            d.prompt_logprobs = [None, *job.prompt_lps]
+            job.prompt_lps_sent = True
         if job.first_at is not None and not job.ttft_sent:
             d.ttft = job.first_at - job.submitted
             job.ttft_sent = True

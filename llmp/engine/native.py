@@ -136,6 +136,21 @@ class Model:
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
 
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        """The fill-in-the-middle tokens (prefix, suffix, middle) of the vocabulary (GGUF
+        `tokenizer.ggml.fim_{pre,suf,mid}_token_id`, or known by their text), None when the
+        model has none."""
+        ids = (L.llama_vocab_fim_pre(self.vocab), L.llama_vocab_fim_suf(self.vocab),
+               L.llama_vocab_fim_mid(self.vocab))
+        if any(t is None or t < 0 or t >= self.n_vocab for t in ids):
+            return None
+        return int(ids[0]), int(ids[1]), int(ids[2])
+
+    @property
+    def bos(self) -> int | None:
+        t = L.llama_vocab_bos(self.vocab)
+        return int(t) if t is not None and t >= 0 else None
+
     def free(self) -> None:
         if self.ptr:
             L.llama_model_free(self.ptr)

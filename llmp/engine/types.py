@@ -50,6 +50,10 @@ class GenerationRequest:
     # scoring instead of generating (`Engine.score`): prefill the prompt, then return the
     # log-probabilities (full-vocabulary log-softmax of the next-token logits) of these tokens
     score_tokens: list[int] | None = None
+    # the log-probabilities of the prompt's own tokens, with this many alternatives each
+    # (completions' echo + logprobs): the whole prompt is prefilled (no prefix reuse) with
+    # logits at every position; sent on the first delta as `Delta.prompt_logprobs`
+    prompt_logprobs: int | None = None
 
 
 @dataclass
@@ -81,6 +85,10 @@ class Delta:
     usage: Usage | None = None
     ttft: float | None = None  # seconds from submit to first token (on the first delta)
     scores: list[float] | None = None  # a scoring request's log-probabilities (final delta)
+    # with `GenerationRequest.prompt_logprobs` (first delta): the prompt's token ids and, for
+    # each, its log-probability given the tokens before it (None for the first token)
+    prompt_token_ids: list[int] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 @dataclass

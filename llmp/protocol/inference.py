@@ -332,7 +332,9 @@ TokenIds = Annotated[list[Annotated[int, Field(strict=True)]], Field(min_length=
 class CompletionRequest(SamplingFields):
     prompt: Union[StrictStr, Annotated[list[StrictStr], Field(min_length=1)], TokenIds,
                   Annotated[list[TokenIds], Field(min_length=1)]]
-    max_tokens: number(1, None, integer=True) | None = 16  # type: ignore[valid-type]
+    # 0 only with echo: the prompt (with its logprobs) and nothing generated, as OpenAI's
+    # legacy completions answer (evaluation harnesses score prompts that way)
+    max_tokens: number(0, None, integer=True) | None = 16  # type: ignore[valid-type]
     logprobs: number(0, 20, integer=True) | None = None  # type: ignore[valid-type]
     echo: StrictBool | None = None
     best_of: number(1, MAX_N, integer=True) | None = None  # type: ignore[valid-type]
@@ -342,8 +344,9 @@ class CompletionRequest(SamplingFields):
     def _consistent(self) -> "CompletionRequest":
         if self.best_of is not None and self.best_of != self.choices:
             raise_param("best_of", "'best_of' other than 'n' is not supported")
-        if self.suffix:
-            raise_param("suffix", "'suffix' (fill-in-the-middle) is not supported")
+        if self.max_tokens == 0 and not self.echo:
+            raise_param("max_tokens", "'max_tokens' must be at least 1 (0 only with 'echo': "
+                        "true, to read the prompt's logprobs)")
         return self
 
     def prompts(self) -> list[str | list[int]]:

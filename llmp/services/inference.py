@@ -58,14 +58,23 @@ def _logprobs_chat(lps: list[TokenLogprob]) -> list[dict]:
             for t in lps]
 
 
-def _logprobs_text(lps: list[TokenLogprob], offset: int) -> dict:
+#: a token of the legacy completions' logprobs: (token, logprob, top_logprobs); logprob and
+#: top are None for the first token of an echoed prompt (nothing before it predicts it)
+TextEntry = tuple[str, "float | None", "dict[str, float] | None"]
+
+
+def _logprobs_text(lps: list[TokenLogprob], offset: int,
+                   prompt: list[TextEntry] | None = None) -> dict:
+    """The legacy `logprobs` object; `prompt`: the echoed prompt's tokens first (`offset` is
+    then where the prompt starts)."""
+    entries: list[TextEntry] = list(prompt or [])
+    entries += [(t.token, t.logprob, {a: b for a, b, _ in t.top_logprobs}) for t in lps]
     offsets, pos = [], offset
-    for t in lps:
+    for tok, _, _ in entries:
         offsets.append(pos)
-        pos += len(t.token)
-    return {"tokens": [t.token for t in lps], "token_logprobs": [t.logprob for t in lps],
-            "top_logprobs": [{a: b for a, b, _ in t.top_logprobs} for t in lps],
-            "text_offset": offsets}
+        pos += len(tok)
+    return {"tokens": [e[0] for e in entries], "token_logprobs": [e[1] for e in entries],
+            "top_logprobs": [e[2] for e in entries], "text_offset": offsets}
 
 
 def _usage_dict(u: Usage) -> dict:
@@ -209,24 +218,47 @@ class Call:
         texts = [""] * len(self.requests)
         lps: list[list[TokenLogprob]] = [[] for _ in self.requests]
         reasons: list[str] = ["stop"] * len(self.requests)
+        prompts: list[list[TextEntry] | None] = [None] * len(self.requests)
         async for i, d in self._streams():
             self._account(d)
             texts[i] += d.text
             if d.logprobs:
                 lps[i].extend(d.logprobs)
+            if d.prompt_logprobs is not None:
+                prompts[i] = self._prompt_entries(d)
             if d.finish_reason is not None:
                 reasons[i] = d.finish_reason
-        choices = [self._choice(i, texts[i], lps[i], reasons[i]) for i in range(len(texts))]
+        choices = [self._choice(i, texts[i], lps[i], reasons[i], prompts[i])
+                   for i in range(len(texts))]
         obj = "chat.completion" if self.kind == "chat" else "text_completion"
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
                 "system_fingerprint": SYSTEM_FINGERPRINT, "choices": choices,
                 "usage": _usage_dict(self.usage), **self.metadata()}
 
-    def _choice(self, i: int, text: str, lps: list[TokenLogprob], reason: str) -> dict:
+    def _prompt_entries(self, d: Delta) -> list[TextEntry]:
+        """An echoed prompt's tokens with their logprobs (from the engine's first delta);
+        a leading BOS, which is not in the echoed text, is left out."""
+        ids, lps = d.prompt_token_ids or [], d.prompt_logprobs or []
+        model = self.engine.model
+        out: list[TextEntry] = []
+        for k, (tok, lp) in enumerate(zip(ids, lps)):
+            if k == 0 and tok == getattr(model, "bos", None):
+                continue
+            if lp is None:
+                out.append((model.piece(tok).decode("utf-8", "replace"), None, None))
+            else:
+                out.append((lp.token, lp.logprob, {a: b for a, b, _ in lp.top_logprobs}))
+        return out
+
+    def _choice(self, i: int, text: str, lps: list[TokenLogprob], reason: str,
+                prompt: list[TextEntry] | None = None) -> dict:
         if self.kind == "completion":
             prefix = self.echo_texts[i] if self.echo_texts else ""
-            return {"text": prefix + text, "index": i,
-                    "logprobs": _logprobs_text(lps, len(prefix)) if self.want_logprobs else None,
+            logprobs = None
+            if self.want_logprobs:  # with the echoed prompt's own tokens first, when read
+                logprobs = _logprobs_text(lps, 0, prompt) if prompt is not None else \
+                    _logprobs_text(lps, len(prefix))
+            return {"text": prefix + text, "index": i, "logprobs": logprobs,
                     "finish_reason": reason}
         message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
         if self.tool_family:
@@ -320,16 +352,25 @@ class Call:
             return [self._text_chunk(i, d.text)] if d.text else []
         if self.kind == "chat":
             return [self._chunk_json([c]) for c in self._chat_choices(i, d, parsers[i], n_calls)]
-        if not (d.text or d.finish_reason):
-            return []
+        out = []
+        if self.want_logprobs and not self._offsets:
+            self._offsets = [len(t) for t in self.echo_texts] or [0] * len(self.requests)
+        if d.prompt_logprobs is not None and self.echo_texts:
+            # the echoed prompt with its own tokens' logprobs, before this choice's first text
+            prompt = self._prompt_entries(d)
+            out.append(self._chunk_json([{"text": self.echo_texts[i], "index": i,
+                                          "logprobs": _logprobs_text([], 0, prompt),
+                                          "finish_reason": None}]))
+            self._offsets[i] = sum(len(e[0]) for e in prompt)
+        if not (d.text or d.finish_reason or (self.want_logprobs and d.logprobs)):
+            return out
         logprobs = None
         if self.want_logprobs:  # text_offset runs on over the choice's text (echo included)
-            if not self._offsets:
-                self._offsets = [len(t) for t in self.echo_texts] or [0] * len(self.requests)
             logprobs = _logprobs_text(d.logprobs or [], self._offsets[i])
             self._offsets[i] += sum(len(t.token) for t in d.logprobs or [])
-        return [self._chunk_json([{"text": d.text, "index": i, "logprobs": logprobs,
-                                   "finish_reason": d.finish_reason}])]
+        out.append(self._chunk_json([{"text": d.text, "index": i, "logprobs": logprobs,
+                                      "finish_reason": d.finish_reason}]))
+        return out
 
     def _opening(self) -> list[str]:
         """The chunks before the first token: the assistant role (chat), or the echoed prompt."""
@@ -338,10 +379,10 @@ class Call:
             return [self._chunk_json([{"index": i, "delta": {"role": "assistant", "content": ""},
                                        "logprobs": None, "finish_reason": None}
                                       for i in range(n)])]
-        if self.echo_texts:
+        if self.echo_texts and not any(r.prompt_logprobs is not None for r in self.requests):
             return [self._chunk_json([{"text": self.echo_texts[i], "index": i, "logprobs": None,
                                        "finish_reason": None} for i in range(n)])]
-        return []
+        return []  # (an echo with the prompt's logprobs comes with each choice's first delta)
 
     def _chat_choices(self, i: int, d: Delta, parser: ToolCallParser | None,
                       n_calls: list[int]) -> list[dict]:
@@ -481,15 +522,33 @@ async def prepare_completion(pool, body: dict | CompletionRequest, *,
     _check_token_ids(engine, params)
     _precheck_size(engine, max((len(p) for p in prompts if isinstance(p, str)), default=0),
                    "prompt")
+    fim = None
+    if req.suffix:  # fill-in-the-middle: <PRE> prompt <SUF> suffix <MID>, the middle generated
+        fim = engine.model.fim_tokens()
+        if fim is None:
+            raise _bad(f"'suffix' needs a model with fill-in-the-middle tokens; {engine.model_id} "
+                       "has none (its GGUF names no FIM prefix/suffix/middle tokens)", "suffix")
+        suffix = await asyncio.to_thread(engine.tokenize, req.suffix, add_special=False)
     requests: list[GenerationRequest] = []
     echo_texts: list[str] = []
     prompt_tokens = 0
     for p in prompts:
-        tokens = await asyncio.to_thread(engine.tokenize, p, add_special=True) \
-            if isinstance(p, str) else p
+        if fim is not None:
+            text = await asyncio.to_thread(engine.tokenize, p, add_special=False) \
+                if isinstance(p, str) else list(p)
+            bos = [engine.model.bos] if engine.model.add_bos and engine.model.bos is not None \
+                else []
+            tokens = [*bos, fim[0], *text, fim[1], *suffix, fim[2]]
+        else:
+            tokens = await asyncio.to_thread(engine.tokenize, p, add_special=True) \
+                if isinstance(p, str) else p
         prompt_tokens += len(tokens)
-        requests += _requests(tokens, params, n, priority=priority, request_id=request_id,
-                              param="prompt")
+        rs = _requests(tokens, params, n, priority=priority, request_id=request_id,
+                       param="prompt")
+        if echo and lp is not None and fim is None:
+            for r in rs:  # the prompt's own tokens with their logprobs
+                r.prompt_logprobs = lp
+        requests += rs
         if echo:
             echo_texts += [p if isinstance(p, str) else engine.detokenize(p)] * n
     return Call(kind="completion", engine=engine, model=engine.model_id, requests=requests,
