@@ -63,3 +63,23 @@ def test_family_detection_and_legacy_functions():
     tools, choice = legacy_functions_to_tools([{"name": "f", "parameters": {}}], {"name": "f"})
     assert tools == [{"type": "function", "function": {"name": "f", "parameters": {}}}]
     assert choice == {"type": "function", "function": {"name": "f"}}
+
+
+def test_cut_and_forced_calls_never_leak_markup():
+    """A call cut by max_tokens is a partial call (name completed from the offered tools,
+    arguments as far as they got), never markup in the content; max_calls keeps the first."""
+    p = ToolCallParser("hermes", names=["get_weather", "get_time"])
+    content, _ = p.feed('Sure. <tool_call>\n{"name": "get_wea')
+    rest, calls = p.finish(truncated=True)
+    assert content + rest == "Sure. " and p.partial
+    assert [(c.name, c.arguments) for c in calls] == [("get_weather", "")]
+    p = ToolCallParser("hermes", names=["get_weather"])
+    p.feed('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa')
+    _, calls = p.finish(truncated=True)
+    assert calls[0].arguments == '{"city": "Pa'
+    # not cut: a broken block stays content (auto), or is dropped when a grammar forced it
+    assert stream(ToolCallParser("hermes"), "<tool_call>{oops")[0] == "<tool_call>{oops"
+    assert stream(ToolCallParser("hermes", forced=True), "<tool_call>{oops")[0] == ""
+    two = '<tool_call>{"name": "a", "arguments": {}}</tool_call><tool_call>{"name": "b", "arguments": {}}</tool_call>'
+    assert [c.name for c in stream(ToolCallParser("hermes", max_calls=1), two)[2]] == ["a"]
+    assert [c.name for c in stream(ToolCallParser("hermes"), two)[2]] == ["a", "b"]

@@ -250,6 +250,11 @@ def raise_param(param: str, message: str) -> None:
 # ----------------------------------------------------------------------------- chat
 @endpoint("POST /v1/chat/completions", summary="Create a chat completion", streams=True)
 class ChatCompletionRequest(SamplingFields):
+    """max_tokens / max_completion_tokens (and completions' max_tokens) beyond what the
+    context holds are clamped, never refused: generation stops when the request's slot
+    context is full, with finish_reason "length" (interactive and batch alike); only a
+    prompt that leaves no room at all is a 400 context_length_exceeded."""
+
     messages: Annotated[list[Message], Field(min_length=1)]
     max_tokens: number(1, None, integer=True) | None = None  # type: ignore[valid-type]
     max_completion_tokens: number(1, None, integer=True) | None = None  # type: ignore[valid-type]
