@@ -208,3 +208,35 @@ def test_busy_port_then_stop(at_home, cli):
     assert r.exit_code == 0, r.stderr
     assert "Stopped" in r.stdout and at_home["proc"].poll() is not None
     assert not discovery.server_file(home).exists()
+
+
+def test_offline_first_start_is_short_and_says_what_to_do(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", "from llmp.cli.main import run; run()", "serve", "--port", "0"],
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("LLMP_")},
+             "LLMP_HOME": str(tmp_path / "home"), "HF_ENDPOINT": "http://127.0.0.1:9"},
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    err = proc.stderr[proc.stderr.index("Error:"):].splitlines()
+    assert "could not pull the default model" in err[0] and len(err[0]) < 200
+    assert any("llmp models add FILE.gguf" in ln for ln in err)
+    assert any("llmp models synth --preset tiny --name tiny" in ln for ln in err)
+
+
+def test_json_log_lines():
+    """--log-format json: one object per line with the event's fields; the text form puts
+    the fields after the message as key=value."""
+    import logging
+
+    from llmp import logs
+
+    logger = logging.getLogger("llmp.access")
+    record = logger.makeRecord("llmp.access", logging.INFO, __file__, 1, "POST /v1/x 200 1ms",
+                               (), None, extra={"llmp_event": "access",
+                                                "llmp_fields": {"key_id": "key_1", "model": None},
+                                                "llmp_json": {"status": 200}})
+    line = json.loads(logs.JsonFormatter().format(record))
+    assert line["event"] == "access" and line["status"] == 200 and line["key_id"] == "key_1"
+    assert "model" not in line and line["ts"].endswith("Z") and line["level"] == "info"
+    text = logs.TextFormatter().format(record)
+    assert text.endswith("POST /v1/x 200 1ms key_id=key_1")
