@@ -107,6 +107,20 @@ def test_completions_batch_with_a_failing_line(server):
     assert e["status_code"] == 400 and e["body"]["error"]["param"] == "temperature"
 
 
+def test_cli_results_of_a_failed_batch(server, cli, monkeypatch, tmp_path):
+    """`llmp batch results` on a batch that failed validation: says so, shows the errors,
+    exits non-zero, writes nothing."""
+    monkeypatch.setenv("LLMP_URL", server.url)
+    monkeypatch.setenv("LLMP_API_KEY", server.admin_key)
+    client = server.openai()
+    done = wait(client, submit(client, [line(0), "{not json"]).id)
+    assert done.status == "failed"
+    out = tmp_path / "r.jsonl"
+    r = cli("batch", "results", done.id, "-o", out)
+    assert r.exit_code == 1 and "failed" in r.stderr and "Wrote 0" not in r.stdout
+    assert "line 2" in r.stderr and "invalid_json_line" in r.stderr and not out.exists()
+
+
 def test_invalid_lines_fail_the_batch_with_line_numbers(server):
     client = server.openai()
     bad = [

@@ -149,6 +149,14 @@ def test_cli_webhooks(server, receiver, cli, monkeypatch):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert out[0]["event"] == "webhook.test"
+    r = cli("webhooks", "test", wid, "--wait")  # the outcome, not only "queued"
+    assert r.exit_code == 0 and "Delivered" in r.stdout and "HTTP 200" in r.stdout, r.stderr
+    assert cli("webhooks", "rm", wid).exit_code == 0
+    failing = receiver(codes=[500])
+    r = cli("webhooks", "add", failing.url, "-e", "batch.completed", "--json")
+    wid = json.loads(r.stdout)["id"]
+    r = cli("webhooks", "test", wid, "--wait")
+    assert r.exit_code == 1 and "attempt 1 failed: HTTP 500" in r.stderr and "retrying" in r.stderr
     assert cli("webhooks", "rm", wid).exit_code == 0
     r = cli("webhooks", "add", rx.url, "-e", "nope")
     assert r.exit_code == 2 and "Unknown event" in r.stderr

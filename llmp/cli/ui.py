@@ -74,9 +74,19 @@ def print_rows(rows: list[dict], json_out: bool, columns: Iterable[str | Column]
     if not rows:
         console.print(empty)
         return
-    t = table(*columns)
-    for row in rows:
-        t.add_row(*cells(row))
+    data = [list(cells(row)) for row in rows]
+    cols: list[Column] = []
+    for i, c in enumerate(columns):
+        col = Column(c.upper()) if isinstance(c, str) else c  # headers as in every table
+        if str(col.header).lower() in ("id", "event id"):  # ids are copied: never cut
+            col.no_wrap = True
+            col.min_width = max(len(str(r[i])) for r in data)
+        elif not col.no_wrap:
+            col.overflow = "fold"  # a narrow terminal wraps a cell, never cuts it
+        cols.append(col)
+    t = table(*cols)
+    for r in data:
+        t.add_row(*r)
     console.print(t)
 
 
