@@ -8,20 +8,39 @@ on the running server (its /v1/admin/models endpoints).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Callable, Iterator, Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
-from rich.progress import (BarColumn, DownloadColumn, Progress, ProgressColumn, TaskID, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    ProgressColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
-from llmp.cli.ui import (ApiKeyOpt, JsonOpt, UrlOpt, YesOpt, client, console, err_console,
-                         human_bytes, print_json)
+from llmp.cli.ui import (
+    ApiKeyOpt,
+    JsonOpt,
+    UrlOpt,
+    YesOpt,
+    client,
+    console,
+    err_console,
+    human_bytes,
+    print_json,
+)
 from llmp.cli.ui import table as ui_table
 from llmp.config import load_settings
-from llmp.db import open_home
 from llmp.db import models as db_models
+from llmp.db import open_home
 from llmp.errors import InvalidRequestError
 from llmp.models import registry
 from llmp.models.quantize import BITS_PER_WEIGHT

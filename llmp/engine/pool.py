@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from llmp.config import Settings
-from llmp.engine.engine import Engine, LoraSet
 from llmp.engine.embed import EmbeddingEngine
+from llmp.engine.engine import Engine, LoraSet
 from llmp.engine.types import Completion, Delta, GenerationRequest
 from llmp.errors import NotFoundError
 from llmp.logs import event
