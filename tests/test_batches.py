@@ -338,3 +338,23 @@ def test_revoking_the_key_stops_the_batch(server):
     assert len(out) == c.completed
     errs = [json.loads(x) for x in admin.files.content(done.error_file_id).text.splitlines()]
     assert len(errs) == c.failed and "revoked" in errs[-1]["error"]["message"]
+
+
+def test_a_key_expiring_mid_batch_stops_it(server):
+    """Expiry is checked per line as revocation is: a key that expires while its batch runs
+    ends the batch failed with api_key_expired, the lines answered before kept."""
+    import datetime as dt
+
+    perms = ["inference", "files.read", "files.write", "batches.read", "batches.write"]
+    expires = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+    client = server.openai(server.make_key(perms, name="expiring", expires_at=expires))
+    n = 2000  # far more than the engine answers in the 3-5 s before the expiry is seen
+    b = submit(client, [line(i, max_tokens=64) for i in range(n)])
+    admin = server.openai()
+    done = wait(admin, b.id)
+    assert done.status == "failed", done
+    assert done.errors.data[0].code == "api_key_expired"
+    c = done.request_counts
+    assert 1 <= c.completed < n and c.completed + c.failed == n
+    assert len(admin.files.content(done.output_file_id).text.splitlines()) == c.completed
