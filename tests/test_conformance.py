@@ -550,3 +550,22 @@ def test_suffix_is_fill_in_the_middle_or_a_clear_400(own_server, tiny_model_path
         len(eng.tokenize("\n    return x", add_special=False))
     assert r.usage.prompt_tokens == n + 3 + int(eng.model.add_bos)
     assert r.usage.completion_tokens == 4 and r.choices[0].finish_reason == "length"
+
+
+def test_auto_with_parallel_tool_calls_false_stops_after_one_call(server):
+    """7. tool_choice "auto" with parallel_tool_calls false: generation ends with the first
+    call's closing tag (a stop string), and that cut block is the one call."""
+    from llmp.server.state import POOL
+    from llmp.services.inference import prepare_chat
+
+    def prepared(**kw):
+        body = {"model": "tiny", "messages": MSG, "tools": [WEATHER, TIME], **kw}
+        return server.run(prepare_chat(server.app[POOL], body, request_id="req_test"))
+
+    call = prepared(parallel_tool_calls=False)
+    assert call.requests[0].params.stop == ["</tool_call>"]
+    assert prepared(stop=["\n\n"]).requests[0].params.stop == ["\n\n"]  # parallel: no stop
+    out = call._choice(0, 'Checking.<tool_call>\n{"name": "get_time", "arguments": {}}\n', [],
+                       "stop")
+    assert out["finish_reason"] == "tool_calls" and out["message"]["content"] == "Checking."
+    assert [c["function"]["name"] for c in out["message"]["tool_calls"]] == ["get_time"]

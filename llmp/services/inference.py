@@ -457,6 +457,11 @@ async def prepare_chat(pool, body: dict | ChatCompletionRequest, *,
         function_call=req.function_call_value(), parallel_tool_calls=req.parallel_tool_calls)
     if prompt.grammar:
         params.grammar = prompt.grammar
+    elif prompt.parse_tools and prompt.extra.get("max_calls") == 1 \
+            and prompt.extra.get("tool_family") == "hermes":
+        # one call at most (parallel_tool_calls: false): generation ends with the first
+        # call's closing tag (a stop string, so left out: the parser accepts the open block)
+        params.stop = [*params.stop, ToolCallParser.HERMES_CLOSE]
     tokens = await asyncio.to_thread(engine.tokenize, prompt.prompt, add_special=False,
                                      parse_special=True)
     return Call(kind="chat", engine=engine, model=engine.model_id,
