@@ -106,7 +106,14 @@ def submit(
     url: UrlOpt = None,
     api_key: ApiKeyOpt = None,
 ) -> None:
-    """Validate FILE locally, upload it and create a batch."""
+    """Validate FILE locally, upload it and create a batch.
+
+    Examples:
+
+      llmp batch submit requests.jsonl
+
+      llmp batch submit requests.jsonl --wait -o results.jsonl
+    """
     if not path.is_file():
         raise InvalidRequestError(f"no such file: {path}")
     out = output or path.with_suffix(".results.jsonl")
@@ -146,7 +153,12 @@ def submit(
 def list_(limit: Annotated[int, typer.Option(help="At most this many (newest first).")] = 20,
           json_out: JsonOpt = False,
     url: UrlOpt = None, api_key: ApiKeyOpt = None) -> None:
-    """List batches, newest first."""
+    """List batches, newest first.
+
+    Example:
+
+      llmp batch list --limit 5
+    """
     rows = api_client().request("GET", "/v1/batches", params={"limit": limit})["data"]
     print_rows(rows, json_out, ("id", "status", "endpoint", "completed", "failed", "total", "created"),
                lambda b: (b["id"], b["status"], b["endpoint"], str(b["request_counts"]["completed"]),
@@ -159,7 +171,12 @@ def list_(limit: Annotated[int, typer.Option(help="At most this many (newest fir
 def status(batch_id: Annotated[str, typer.Argument(help="The batch's id (batch_...).")],
            json_out: JsonOpt = False,
     url: UrlOpt = None, api_key: ApiKeyOpt = None) -> None:
-    """A batch's status, counts, timestamps and validation errors."""
+    """A batch's status, counts, timestamps and validation errors.
+
+    Example:
+
+      llmp batch status batch_abc123
+    """
     b = api_client().request("GET", f"/v1/batches/{batch_id}")
     if json_out:
         print_json(b)

@@ -54,7 +54,12 @@ def upload(
     url: UrlOpt = None,
     api_key: ApiKeyOpt = None,
 ) -> None:
-    """Upload a file; prints its id."""
+    """Upload a file; prints its id.
+
+    Example:
+
+      llmp files upload requests.jsonl --purpose batch
+    """
     f = upload_file(api_client(), path, purpose)
     if json_out:
         print_json(f)
@@ -71,7 +76,12 @@ def list_(
     url: UrlOpt = None,
     api_key: ApiKeyOpt = None,
 ) -> None:
-    """List files, newest first."""
+    """List files, newest first.
+
+    Example:
+
+      llmp files list --purpose batch_output --limit 10
+    """
     files = api_client().request("GET", "/v1/files", params={"purpose": purpose, "limit": limit})["data"]
     print_rows(files, json_out, ("id", "filename", "purpose", "size", "created", "status"),
                lambda f: (f["id"], f["filename"], f["purpose"], human_bytes(f["bytes"]),
@@ -101,7 +111,14 @@ def download(
     url: UrlOpt = None,
     api_key: ApiKeyOpt = None,
 ) -> None:
-    """Download a file's content."""
+    """Download a file's content.
+
+    Examples:
+
+      llmp files download file_abc123 -o out.jsonl
+
+      llmp files download file_abc123 -o - | head
+    """
     client = api_client()
     data = client.request("GET", f"/v1/files/{file_id}/content")
     if str(output) == "-":

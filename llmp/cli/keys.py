@@ -109,7 +109,14 @@ def create(
 
 @app.command("list")
 def list_(json_out: JsonOpt = False, url: UrlOpt = None, api_key: ApiKeyOpt = None) -> None:
-    """List keys (never their secrets) with their tier and limits, expiry and last use."""
+    """List keys (never their secrets) with their tier and limits, expiry and last use.
+
+    Examples:
+
+      llmp keys list
+
+      llmp keys list --json | jq '.[] | select(.status == "active") | .name'
+    """
     keys = client().request("GET", "/v1/auth/api-keys")["data"]
     if not json_out and keys and console.width < WIDE:
         for k in keys:  # a narrow terminal: one block per key instead of a squeezed table

@@ -119,6 +119,10 @@ def pull(
 
     QUANT is matched case-insensitively; when it is missing or ambiguous the quants on offer
     are listed. An interrupted pull resumes when run again. Honours HF_TOKEN and HF_ENDPOINT.
+
+    Example:
+
+      llmp models pull Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M
     """
     from llmp.models import hub
 
@@ -137,7 +141,12 @@ def add(
     hf_source: Annotated[Optional[str], typer.Option(
         "--hf-source", help="The safetensors repo this model belongs to (for fine-tuning).")] = None,
 ) -> None:
-    """Register a local GGUF file (it stays where it is)."""
+    """Register a local GGUF file (it stays where it is).
+
+    Example:
+
+      llmp models add ./my-model.Q4_K_M.gguf --name my-model
+    """
     _, db = _open()
     rec = registry.register(db, path.expanduser().resolve(), model_id=name, provider=provider,
                             hf_source=hf_source)
@@ -226,7 +235,14 @@ def list_(
     provider: Annotated[Optional[str], typer.Option("--provider", help="Provider name.")] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """List registered models."""
+    """List registered models.
+
+    Examples:
+
+      llmp models list
+
+      llmp models list --category embedding --json
+    """
     _, db = _open()
     records = registry.list_models(db, category=category, size=size, provider=provider)
     if json_:
@@ -380,7 +396,14 @@ def synth(
     pooling: Annotated[Optional[Literal["mean", "cls", "last"]], typer.Option(
         "--pooling", help="Embedding pooling (--preset embed; default mean).")] = None,
 ) -> None:
-    """Write a synthetic llama GGUF (random weights, real tokenizer, ChatML template)."""
+    """Write a synthetic llama GGUF (random weights, real tokenizer, ChatML template).
+
+    Examples:
+
+      llmp models synth --preset tiny --name tiny
+
+      llmp models synth --preset 1b -o llama-1b-shape.gguf
+    """
     from llmp.models.synth import synthesize
 
     settings = load_settings()

@@ -77,7 +77,12 @@ def deliveries(
     url: UrlOpt = None,
     api_key: ApiKeyOpt = None,
 ) -> None:
-    """Recent deliveries of an endpoint: status, attempts, last HTTP status or error."""
+    """Recent deliveries of an endpoint: status, attempts, last HTTP status or error.
+
+    Example:
+
+      llmp webhooks deliveries wh_abc123 --limit 5
+    """
     rows = client().request("GET", f"/v1/webhooks/{webhook_id}/deliveries",
                             params={"limit": limit})["data"]
     print_rows(rows, json_out, ("event id", "event", "status", "attempts", "last", "created"),
