@@ -239,6 +239,7 @@ def _client_when_up(proc: subprocess.Popen, port: int, key: str) -> openai.OpenA
 
 def test_kill_9_mid_batch_resumes_exactly_once(tiny_model_path, tmp_path):
     from llmp.config import Settings
+    from llmp.db import jobs as jobs_db
     from llmp.db import open_home
     from llmp.models import registry
 
@@ -272,6 +273,11 @@ def test_kill_9_mid_batch_resumes_exactly_once(tiny_model_path, tmp_path):
                                "from usage where batch_id = ?", [b.id]))[0]
     db.close()
     assert usage_rows == {"n": n, "d": n}
+    # the batch ran as a durable job: taken back from the killed process (one crash counted)
+    # by the new one's job runner, and done
+    job = jobs_db.get(open_home(Settings(home=home)), b.id)
+    assert job is not None and job["kind"] == "batch"
+    assert (job["state"], job["crashes"]) == ("done", 1), job
 
 
 def test_cli_submit_validates_locally_then_waits_and_writes_results(server, cli, tmp_path,

@@ -1,7 +1,9 @@
 """The aiohttp application: `create_app(settings, *, pool=None)`.
 
 Shared state lives under the typed keys of `llmp.server.state`. Each resource is a module of
-`llmp.server.routes` with a `setup(app)` function; `ROUTE_MODULES` lists them.
+`llmp.server.routes` with a `setup(app)` function (routes only); `ROUTE_MODULES` lists them.
+The background workers (job runner, batch runner, webhook deliverer) start and stop in one
+place: `llmp.server.workers`.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from llmp.server.metrics import Metrics
 from llmp.server.middleware import end_partial_bodies, on_prepare, request_context
 from llmp.server.state import (ADAPTERS, DB, EVENTS, IN_FLIGHT, LIMITER, METRICS, POOL,
                                SETTINGS, SHUTDOWN, STARTED_AT, WRITER, Shutdown)
+from llmp.server.workers import workers
 from llmp.services.limits import Limiter
 from llmp.services.models import resolver
 
@@ -65,6 +68,7 @@ def create_app(settings: Settings, *, pool: ModelPool | None = None,
         app[DB].close()
 
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(workers)  # after lifecycle: stopped before the writer closes
     for name in ROUTE_MODULES:
         importlib.import_module(f"llmp.server.routes.{name}").setup(app)
     return app

@@ -11,8 +11,12 @@ from llmp.config import Settings
 from llmp.db.writer import Writer
 from llmp.engine.pool import ModelPool
 from llmp.events import Bus
+from llmp.jobs.runner import JobRunner
 from llmp.server.metrics import Metrics
+from llmp.services.batches import BatchRunner
+from llmp.services.finetune import FineTuneHandler
 from llmp.services.limits import Limiter
+from llmp.services.webhooks import Deliverer
 
 
 @dataclass
@@ -28,6 +32,11 @@ DB = web.AppKey("db", Database)
 POOL = web.AppKey("pool", ModelPool)
 LIMITER = web.AppKey("limiter", Limiter)
 EVENTS = web.AppKey("events", Bus)  # the app's event bus (llmp.events)
+# the background workers (started in llmp.server.workers)
+RUNNER = web.AppKey("batch_runner", BatchRunner)
+DELIVERER = web.AppKey("webhook_deliverer", Deliverer)
+FINE_TUNING_RUNNER = web.AppKey("fine_tuning_runner", JobRunner)  # kind "fine_tuning"
+FINE_TUNING_HANDLER = web.AppKey("fine_tuning_handler", FineTuneHandler)
 METRICS = web.AppKey("metrics", Metrics)
 STARTED_AT = web.AppKey("started_at", float)  # time.time() when the app was made
 IN_FLIGHT = web.AppKey("in_flight", dict)  # the requests being handled, by id(request)

@@ -39,6 +39,7 @@ from sqlite_utils import Database
 
 from llmp import events
 from llmp.db import batches as batches_db
+from llmp.db import jobs as jobs_db
 from llmp.db import keys as db_keys
 from llmp.db import models as db_models
 from llmp.db.writer import write
@@ -48,6 +49,7 @@ from llmp.errors import (AuthenticationError, InvalidRequestError, LlmpError, No
                          ServiceUnavailableError)
 from llmp.events import Bus
 from llmp.ids import new_id
+from llmp.jobs import JobContext, JobRunner
 from llmp.logs import event
 from llmp.protocol.base import parse, parse_json
 from llmp.protocol.resources import (BATCH_ENDPOINTS, ChatLineShape, CompletionLineShape,
@@ -85,6 +87,8 @@ MAX_LINES = 50_000
 MAX_REPORTED_ERRORS = 100  # validation stops collecting errors after this many
 MAX_WINDOW_S = 7 * 24 * 3600
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
+JOB_KIND = "batch"  # the batches' jobs in the durable job runner
+MAX_ACTIVE_BATCHES = 10_000  # batches driven at once (their lines share the engine's slots)
 TERMINAL_EVENTS = {"completed": events.BATCH_COMPLETED, "failed": events.BATCH_FAILED,
                    "expired": events.BATCH_EXPIRED, "cancelled": events.BATCH_CANCELLED}
 # Lines in flight per model: the engine's slots plus a few queued behind them (at batch
@@ -338,14 +342,45 @@ class _Run:
     stop_error: dict | None = None
 
 
+class _BatchJobs:
+    """The job handler of kind "batch" (see `llmp.jobs.runner.Handler`)."""
+
+    kind = JOB_KIND
+
+    def __init__(self, runner: BatchRunner):
+        self.runner = runner
+
+    async def run(self, ctx: JobContext) -> None:
+        await self.runner._drive_job(ctx)
+
+    async def failed(self, job_id: str, error: BaseException) -> None:
+        pass  # logged by the job runner; the batch is still active and is driven again
+
+    async def stopped(self, job_id: str, reason: str) -> None:
+        pass  # the batch's own status says where it stands
+
+    async def recover(self, job_id: str, crashes: int, *, final: bool) -> bool:
+        return True  # lines have their own crash guard; the batch always resumes
+
+
 class BatchRunner:
     """Drives every active batch of a home. Start it once in the serving process; on start it
-    resumes whatever a previous process left unfinished."""
+    resumes whatever a previous process left unfinished.
+
+    Each active batch is a job of the durable job runner (`llmp.jobs`, kind "batch", the job
+    id is the batch id): the runner claims it, heartbeats it, takes it back when the process
+    that drove it died, and stops it at shutdown (queued again, resumed at the next start).
+    The batches table stays the truth of what is left to do, and lines have their own crash
+    guard (`batches_db.count_crashes`): a batch job found running after a crash always runs
+    again."""
 
     def __init__(self, db: Database, store: FileStore, pool: Any, *,
                  known_model: Callable[[str], bool] | None = None, poll_s: float = 5.0,
                  limiter: Any = None, bus: Bus | None = None):
         self.db = db
+        #: the durable job runner of the "batch" kind (every active batch runs at once)
+        self.jobs = JobRunner(db, _BatchJobs(self), concurrency=MAX_ACTIVE_BATCHES,
+                              poll_s=poll_s)
         #: the app's event bus: batch.* events and the lines' usage rows (None: a private one)
         self.bus = bus if bus is not None else Bus()
         #: the server's Limiter: each line is a request of the batch's key (None: no limits)
@@ -377,9 +412,12 @@ class BatchRunner:
                         "each is retried once, then failed", crashed)
         self._tasks = [asyncio.create_task(self._loop(), name="batch-runner"),
                        asyncio.create_task(self._writer(), name="batch-writer")]
+        await self.jobs.start()
 
     async def stop(self) -> None:
-        """Stop driving batches; unfinished lines stay pending and resume on the next start."""
+        """Stop driving batches; unfinished lines stay pending and resume on the next start
+        (the job runner stops the drives first: their jobs are queued again)."""
+        await self.jobs.stop()
         tasks = self._tasks + [r.task for r in self._runs.values()]
         for t in tasks:
             t.cancel()
@@ -405,17 +443,32 @@ class BatchRunner:
         while True:
             self._wake.clear()
             for b in batches_db.with_status(self.db, ACTIVE):
-                if b["id"] not in self._runs:
-                    task = asyncio.create_task(self._drive(b["id"]), name=f"batch-{b['id']}")
-                    self._runs[b["id"]] = _Run(task)
-                    task.add_done_callback(lambda t, bid=b["id"]: self._done(bid, t))
+                if b["id"] in self._runs:
+                    continue
+                job = jobs_db.get(self.db, b["id"])
+                if job is None or job["state"] == "done":  # the job runner claims it
+                    await write(self.db, jobs_db.enqueue, b["id"], JOB_KIND, at=time.time())
+            self.jobs.wake()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
 
-    def _done(self, batch_id: str, task: asyncio.Task) -> None:
-        self._runs.pop(batch_id, None)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("batch %s stopped on an error", batch_id, exc_info=task.exception())
+    async def _drive_job(self, ctx: JobContext) -> None:
+        """Drive the claimed batch until it is final, or until the job runner stops it
+        (shutdown): then its lines in flight are cancelled and stay pending."""
+        drive = asyncio.create_task(self._drive(ctx.job_id), name=f"batch-{ctx.job_id}")
+        self._runs[ctx.job_id] = _Run(drive)
+        stop = asyncio.create_task(ctx.stopped.wait())
+        try:
+            await asyncio.wait({drive, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not drive.done():
+                drive.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await drive
+            self._runs.pop(ctx.job_id, None)
+        if not drive.cancelled():
+            drive.result()  # an error: the job runner logs it (the batch is retried later)
 
     async def _drive(self, batch_id: str) -> None:
         """Take one batch from wherever it is to a final status."""

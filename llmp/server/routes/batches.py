@@ -1,17 +1,13 @@
-"""/v1/batches: create, list, retrieve, cancel; the batch runner lives as long as the app."""
+"""/v1/batches: create, list, retrieve, cancel (the batch runner: `llmp.server.workers`)."""
 from __future__ import annotations
-
-from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from llmp.server.auth import requires
 from llmp.server.middleware import int_param, read_json
 from llmp.server.routes.files import store
-from llmp.server.state import API_KEY, DB, EVENTS, LIMITER, POOL
-from llmp.services.batches import Batches, BatchRunner
-
-RUNNER = web.AppKey("batch_runner", BatchRunner)
+from llmp.server.state import API_KEY, DB, RUNNER
+from llmp.services.batches import Batches
 
 
 def batches(request: web.Request) -> Batches:
@@ -41,19 +37,8 @@ async def cancel(request: web.Request) -> web.Response:
                                                      request[API_KEY]))
 
 
-async def _runner(app: web.Application) -> AsyncIterator[None]:
-    """Start the batch runner (it resumes unfinished batches) and stop it on shutdown."""
-    runner = BatchRunner(app[DB], store(app), app[POOL], limiter=app[LIMITER],
-                         bus=app[EVENTS])
-    app[RUNNER] = runner
-    await runner.start()
-    yield
-    await runner.stop()
-
-
 def setup(app: web.Application) -> None:
     app.router.add_post("/v1/batches", create)
     app.router.add_get("/v1/batches", list_batches)
     app.router.add_get("/v1/batches/{batch_id}", retrieve)
     app.router.add_post("/v1/batches/{batch_id}/cancel", cancel)
-    app.cleanup_ctx.append(_runner)

@@ -1,22 +1,19 @@
 """Fine-tuning jobs under OpenAI's /v1/fine_tuning/jobs and the spec's /v1/fine-tuning/jobs
-(the same handlers), DELETE /v1/models/{fine-tuned model}; the job runner lives as long as
-the app."""
+(the same handlers), DELETE /v1/models/{fine-tuned model}; the job runner:
+`llmp.server.workers`."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from llmp.jobs.runner import JobRunner
 from llmp.server.auth import requires
 from llmp.server.middleware import int_param, read_json
 from llmp.server.routes.files import store
-from llmp.server.state import API_KEY, DB, EVENTS, SETTINGS
-from llmp.services.finetune import FineTuneHandler, FineTuning
+from llmp.server.state import API_KEY, DB, FINE_TUNING_HANDLER, FINE_TUNING_RUNNER, SETTINGS
+from llmp.services.finetune import FineTuning
 
-RUNNER = web.AppKey("fine_tuning_runner", JobRunner)
-HANDLER = web.AppKey("fine_tuning_handler", FineTuneHandler)
+RUNNER, HANDLER = FINE_TUNING_RUNNER, FINE_TUNING_HANDLER  # started in llmp.server.workers
 PREFIXES = ("/v1/fine_tuning/jobs", "/v1/fine-tuning/jobs")
 _META = re.compile(r"^metadata\[(.{1,64})\]$")
 
@@ -84,18 +81,6 @@ async def delete_model(request: web.Request) -> web.Response:
                                                                  request[API_KEY]))
 
 
-async def _runner(app: web.Application) -> AsyncIterator[None]:
-    """Start the job runner (it takes back jobs a killed server left running) and stop it on
-    shutdown (a running job is queued again and resumes at the next start)."""
-    handler = FineTuneHandler(app[DB], app[SETTINGS], store(app), app[EVENTS])
-    runner = JobRunner(app[DB], handler, concurrency=1)
-    app[HANDLER] = handler
-    app[RUNNER] = runner
-    await runner.start()
-    yield
-    await runner.stop()
-
-
 def setup(app: web.Application) -> None:
     for p in PREFIXES:
         app.router.add_post(p, create)
@@ -107,4 +92,3 @@ def setup(app: web.Application) -> None:
         app.router.add_get(p + "/{fine_tuning_job_id}/events", events)
         app.router.add_get(p + "/{fine_tuning_job_id}/checkpoints", checkpoints)
     app.router.add_delete("/v1/models/{model_id:.+}", delete_model)
-    app.cleanup_ctx.append(_runner)

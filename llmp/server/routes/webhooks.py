@@ -1,8 +1,6 @@
-"""/v1/webhooks: endpoints, their deliveries and a test event; the deliverer lives as long as
-the app."""
+"""/v1/webhooks: endpoints, their deliveries and a test event (the deliverer:
+`llmp.server.workers`)."""
 from __future__ import annotations
-
-from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -10,11 +8,8 @@ from llmp.protocol.base import parse
 from llmp.protocol.resources import CreateWebhookRequest
 from llmp.server.auth import requires
 from llmp.server.middleware import int_param, read_json
-from llmp.server.state import API_KEY, DB, EVENTS, SETTINGS
+from llmp.server.state import API_KEY, DB, DELIVERER, SETTINGS
 from llmp.services import webhooks
-from llmp.services.webhooks import Deliverer
-
-DELIVERER = web.AppKey("webhook_deliverer", Deliverer)
 
 
 @requires("webhooks")
@@ -56,16 +51,6 @@ async def test(request: web.Request) -> web.Response:
                                                 wake=request.app[DELIVERER].wake))
 
 
-async def _deliverer(app: web.Application) -> AsyncIterator[None]:
-    deliverer = Deliverer(app[DB], allow_private=app[SETTINGS].webhook_allow_private)
-    app[DELIVERER] = deliverer
-    unsubscribe = webhooks.subscribe(app[EVENTS], app[DB], wake=deliverer.wake)
-    await deliverer.start()
-    yield
-    unsubscribe()
-    await deliverer.stop()
-
-
 def setup(app: web.Application) -> None:
     app.router.add_post("/v1/webhooks", create)
     app.router.add_get("/v1/webhooks", list_endpoints)
@@ -73,4 +58,3 @@ def setup(app: web.Application) -> None:
     app.router.add_delete("/v1/webhooks/{webhook_id}", delete)
     app.router.add_get("/v1/webhooks/{webhook_id}/deliveries", deliveries)
     app.router.add_post("/v1/webhooks/{webhook_id}/test", test)
-    app.cleanup_ctx.append(_deliverer)
