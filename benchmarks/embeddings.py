@@ -1,7 +1,8 @@
 """Embeddings of 256 short inputs: llmp's POST /v1/embeddings against llama-cpp-python's
 `Llama.embed` on the same GGUF, in one run (issue 15).
 
-    python3 benchmarks/embeddings.py [--model PATH.gguf] [--inputs 256] [--rounds 3]
+    python3 benchmarks/embeddings.py [--model PATH.gguf | --preset embed-0.6b] [--inputs 256]
+                                     [--rounds 3]
 
 Without --model a synthetic embedding model is written (`llmp models synth --preset embed`:
 llama architecture, 256 dims, 4 layers, mean pooling). Both sides use the same threads and
@@ -99,6 +100,8 @@ async def llmp_run(url: str, key: str, inputs: list[str], per_request: int,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path)
+    ap.add_argument("--preset", default="embed",
+                    help="synthetic preset without --model (embed-0.6b: Qwen3-Embedding-0.6B shape)")
     ap.add_argument("--inputs", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
@@ -111,7 +114,7 @@ def main() -> None:
 
     threads = args.threads or physical_cores()
     tmp = Path(tempfile.mkdtemp(prefix="llmp-embed-bench-"))
-    model = args.model or synthesize("embed", tmp / "embed-f16.gguf")
+    model = args.model or synthesize(args.preset, tmp / f"{args.preset}-f16.gguf")
     inputs = texts(args.inputs)
 
     llm = llama_cpp.Llama(str(model), embedding=True, n_ctx=2048, n_batch=2048, n_ubatch=2048,

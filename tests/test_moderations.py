@@ -394,3 +394,21 @@ def test_input_moderation_per_key(gsrv):
     st, _, created = gsrv.request("POST", "/v1/auth/api-keys",
                                   json={"name": "m", "moderate_input": True})
     assert st in (200, 201) and created["moderate_input"] is True
+
+
+def test_moderation_model_setting(gsrv):
+    """`moderation_model` picks the guard OpenAI's names resolve to; one that is not a guard
+    (or not registered) is a clear error."""
+    old = gsrv.settings.moderation_model
+    try:
+        gsrv.settings.moderation_model = "tiny"
+        st, _, err = gsrv.request("POST", "/v1/moderations", json={"input": "hi"})
+        assert st == 400 and err["error"]["code"] == "model_not_supported"
+        gsrv.settings.moderation_model = "nope"
+        st, _, err = gsrv.request("POST", "/v1/moderations", json={"input": "hi"})
+        assert st == 404
+        gsrv.settings.moderation_model = "guard"
+        st, _, ok = gsrv.request("POST", "/v1/moderations", json={"input": "hi"})
+        assert st == 200 and ok["model"] == "omni-moderation-latest"
+    finally:
+        gsrv.settings.moderation_model = old

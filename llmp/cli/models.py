@@ -54,7 +54,7 @@ NameOpt = Annotated[Optional[str], typer.Option(
 ProviderOpt = Annotated[Optional[str], typer.Option(
     "--provider", help="Provider shown by the API (default: repo owner or GGUF organization).")]
 ModelArg = Annotated[str, typer.Argument(help="Model id or alias.")]
-PresetName = Literal["tiny", "small", "1b", "8b", "embed"]  # the keys of synth.PRESETS
+PresetName = Literal["tiny", "small", "1b", "8b", "embed", "embed-0.6b"]  # the keys of synth.PRESETS
 _QUANT_HELP = ", ".join(sorted(BITS_PER_WEIGHT, key=lambda t: -BITS_PER_WEIGHT[t]))
 
 
@@ -385,7 +385,8 @@ def quantize(
 def synth(
     preset: Annotated[PresetName, typer.Option(
         "--preset", help="tiny (tests), small (~30M), 1b / 8b (Llama-3.2-1B / 3.1-8B shapes), "
-        "embed (an embedding model: pooled, no chat template).")] = "tiny",
+        "embed (an embedding model: pooled, no chat template), embed-0.6b (Qwen3-Embedding-0.6B "
+        "shape).")] = "tiny",
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Where to write (default: $LLMP_HOME/models/synth/<preset>-<dtype>.gguf).")] = None,
     dtype: Annotated[Literal["f16", "f32"], typer.Option("--dtype")] = "f16",

@@ -55,6 +55,9 @@ PRESETS: dict[str, Preset] = {
     # an embedding model (llama architecture, mean pooling, no chat template): tests and
     # benchmarks of /v1/embeddings; `synthesize(..., pooling=...)` picks another pooling
     "embed": Preset("embed", 0, 1500, 256, 4, 4, 4, 768, 2048, tied=True, pooling="mean"),
+    # GPU benchmarks of embeddings: the shape of Qwen3-Embedding-0.6B (last-token pooling)
+    "embed-0.6b": Preset("embed-0.6b", 151669, 3000, 1024, 28, 16, 8, 3072, 32768, 1000000.0,
+                         tied=True, pooling="last"),
 }
 
 #: GGUF metadata key: the model's embeddings may be truncated to their first k dimensions
