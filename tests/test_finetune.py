@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import io
 import json
+import os
 import random
 import string
 import time
@@ -57,7 +58,7 @@ def upload(client, lines: list, name: str = "train.jsonl") -> str:
     return client.files.create(file=(name, io.BytesIO(jsonl(lines))), purpose="fine-tune").id
 
 
-def wait_for(client, job_id: str, statuses: tuple[str, ...], timeout: float = 240):
+def wait_for(client, job_id: str, statuses: tuple[str, ...], timeout: float = 120):
     deadline = time.monotonic() + timeout
     while True:
         job = client.fine_tuning.jobs.retrieve(job_id)
@@ -274,3 +275,62 @@ def test_cli_create_wait_list_show_events(ft, cli, monkeypatch, tmp_path):
     assert [c["step_number"] for c in json.loads(r.stdout)] == [2]
     r = cli("finetune", "cancel", job["id"])
     assert r.exit_code != 0 and "succeeded" in r.stderr
+
+
+def _serve(home: Path):
+    """`llmp serve` in its own process on a free port; returns (process, url)."""
+    import re
+    import subprocess
+    import sys
+    import threading
+
+    env = {**os.environ, "LLMP_HOME": str(home), "LLMP_N_SLOTS": "2", "LLMP_SLOT_CTX": "256"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from llmp.cli.main import run; run()", "serve", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    lines = []
+    while True:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert line, "".join(lines)
+        lines.append(line)
+        if m := re.search(r"(http://127\.0\.0\.1:\d+)/v1", line):
+            # keep reading its log: a full pipe would block the server
+            threading.Thread(target=proc.stdout.read, daemon=True).start()  # type: ignore[union-attr]
+            return proc, m.group(1)
+
+
+def test_kill_9_mid_job_then_restart_resumes_from_the_checkpoint(cli, llmp_home, tmp_path):
+    """A server killed with SIGKILL mid-job: on restart the job is not left "running"; it
+    resumes from its last checkpoint and succeeds."""
+    import signal
+
+    from llmp.models.convert import convert
+
+    hf = hf_tiny.make_model(tmp_path / "hf", "llama")
+    gguf = convert(hf, tmp_path / "tl.gguf", outtype="f32")
+    assert cli("models", "add", gguf, "--name", "tl", "--hf-source", hf).exit_code == 0
+    proc, url = _serve(llmp_home)
+    try:
+        key = (llmp_home / "admin_key").read_text().strip()
+        client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
+        fid = upload(client, training_lines("plokijuh"))
+        job = client.fine_tuning.jobs.create(model="tl", training_file=fid, hyperparameters={
+            "n_epochs": 20, "batch_size": 4})
+        wait_event(client, job.id, "Checkpoint created at step 10")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    proc, url = _serve(llmp_home)
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
+        job = wait_for(client, job.id, ("succeeded", "failed", "cancelled"))
+        assert job.status == "succeeded", job.error
+        msgs = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=200).data]
+        assert any("stopped unexpectedly" in m for m in msgs), msgs
+        assert any("resumed from the checkpoint at step" in m for m in msgs), msgs
+        steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(
+            job.id, limit=100).data]
+        assert steps[0] == 100 and len(steps) == len(set(steps)) == 20
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
