@@ -300,8 +300,9 @@ def input_texts(endpoint: str, body: Any) -> list[str]:
     if not isinstance(body, dict):
         return []
     if endpoint == "/v1/chat/completions":
-        msgs = body.get("messages") if isinstance(body.get("messages"), list) else []
-        out = ["\n".join(_texts_of(m.get("content"))) for m in msgs if isinstance(m, dict)]
+        msgs = body.get("messages")
+        out = ["\n".join(_texts_of(m.get("content"))) for m in
+               (msgs if isinstance(msgs, list) else []) if isinstance(m, dict)]
     else:
         p = body.get("prompt")
         out = [p] if isinstance(p, str) else [x for x in p if isinstance(x, str)] \

@@ -2,6 +2,8 @@
 and metrics as chat and completions (`routes.inference._serve`)."""
 from __future__ import annotations
 
+from typing import Any, cast
+
 from aiohttp import web
 
 from llmp.server.auth import requires
@@ -11,7 +13,7 @@ from llmp.services import embeddings
 
 @requires("inference")
 async def create_embeddings(request: web.Request) -> web.StreamResponse:
-    return await _serve(request, embeddings.prepare_embeddings, "/v1/embeddings")
+    return await _serve(request, cast(Any, embeddings.prepare_embeddings), "/v1/embeddings")
 
 
 def setup(app: web.Application) -> None:

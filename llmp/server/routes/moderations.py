@@ -3,6 +3,8 @@ admission, rate limits, usage rows and metrics as chat (`routes.inference._serve
 permission `moderation`."""
 from __future__ import annotations
 
+from typing import Any, cast
+
 from aiohttp import web
 
 from llmp.server.auth import requires
@@ -12,7 +14,7 @@ from llmp.services import moderation
 
 @requires("moderation")
 async def create_moderation(request: web.Request) -> web.StreamResponse:
-    return await _serve(request, moderation.prepare_moderation, "/v1/moderations")
+    return await _serve(request, cast(Any, moderation.prepare_moderation), "/v1/moderations")
 
 
 def setup(app: web.Application) -> None:
