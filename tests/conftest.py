@@ -132,7 +132,8 @@ class RunningServer:
 
 def start_server(home: Path, model_path: Path, **settings_fields):
     """A context manager: an llmp server over a fresh home with `model_path` registered as
-    "tiny"; settings fields (n_slots, slot_ctx, queue_size, ...) may be overridden."""
+    "tiny"; settings fields (n_slots, slot_ctx, queue_size, ...) may be overridden;
+    `listen_port` (default: a free one) lets a test restart a server on the same port."""
     import asyncio
     import contextlib
     import threading
@@ -143,6 +144,8 @@ def start_server(home: Path, model_path: Path, **settings_fields):
     from llmp.server.app import create_app
     from llmp.server.state import DB
     from llmp.services import keys as keys_service
+
+    listen_port = settings_fields.pop("listen_port", 0)
 
     @contextlib.contextmanager
     def run():
@@ -157,7 +160,8 @@ def start_server(home: Path, model_path: Path, **settings_fields):
         async def up():
             app = create_app(settings)
             registry.register(app[DB], model_path, model_id="tiny")
-            r, port = await server_runner.start(app, "127.0.0.1", 0, shutdown_timeout=5)
+            r, port = await server_runner.start(app, "127.0.0.1", listen_port,
+                                                  shutdown_timeout=5)
             return app, r, port
 
         app, r, port = asyncio.run_coroutine_threadsafe(up(), loop).result(120)

@@ -27,6 +27,7 @@ from llmp.cli import moderate as moderate_cmd
 from llmp.cli import ps as ps_cmd
 from llmp.cli import run as run_cmd
 from llmp.cli import serve as serve_cmd
+from llmp.cli import tui as tui_cmd
 from llmp.cli import usage as usage_cmd
 from llmp.cli import webhooks as webhooks_cmd
 from llmp.cli.ui import CONN, err_console
@@ -82,6 +83,7 @@ app.command("stop")(ps_cmd.stop)
 app.command("logs")(ps_cmd.logs)
 app.command("run")(run_cmd.run)
 app.add_typer(config_cmd.app, name="config")
+app.command("tui")(tui_cmd.tui)
 
 
 #: readable metavars for options that set none, by Python type (flags get none)

@@ -29,7 +29,7 @@ from llmp.services.models import resolver
 
 ROUTE_MODULES = ["health", "openapi", "keys", "models", "inference", "usage", "files", "batches",
                  "webhooks", "embeddings", "moderations", "admin",
-                 "fine_tuning"]
+                 "fine_tuning", "operator"]
 
 
 def create_app(settings: Settings, *, pool: ModelPool | None = None,

@@ -1,0 +1,93 @@
+"""Overview: throughput and request-rate sparklines, TTFT p50/p95, errors, uptime, and per
+loaded model its slots busy/free, queue, device and memory (from /health, /metrics and
+/v1/admin/models)."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Label, Sparkline, Static
+
+from llmp.errors import PermissionDeniedError
+from llmp.tui import fmt
+from llmp.tui import metrics as m
+from llmp.tui.screens.base import View
+from llmp.tui.widgets.table import FilterTable
+
+
+class OverviewView(View):
+    TITLE = "Overview"
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.tokens = m.Rates()
+        self.requests = m.Rates()
+        self.summary: dict[str, Any] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="ov-status")
+        with Horizontal(id="ov-charts"):
+            with Vertical(classes="chart"):
+                yield Label("tokens/s", id="ov-tps-label")
+                yield Sparkline([], id="ov-tps")
+            with Vertical(classes="chart"):
+                yield Label("requests/s", id="ov-rps-label")
+                yield Sparkline([], id="ov-rps")
+        yield FilterTable(["MODEL", "STATE", "DEVICE", "SLOTS BUSY", "FREE", "QUEUE", "TOK/S",
+                           "MEMORY", "KEEP-ALIVE"], id="ov-models")
+
+    async def refresh_data(self) -> None:
+        health = await self._health()
+        text = await self.client.request("GET", "/metrics")
+        samples = m.parse(text.decode() if isinstance(text, bytes) else str(text))
+        loaded: list[dict] | None = None
+        if self.llmp.allowed("admin", action=False):
+            try:
+                loaded = (await self.client.request("GET", "/v1/admin/models"))["data"]
+            except PermissionDeniedError:
+                loaded = None
+        now = time.monotonic()
+        tokens = m.total(samples, "llmp_completion_tokens_total")
+        reqs = m.total(samples, "llmp_requests_total")
+        tps = self.tokens.add(now, tokens)
+        rps = self.requests.add(now, reqs)
+        four, five = m.errors(samples)
+        p50 = m.quantile(samples, "llmp_time_to_first_token_seconds", 0.5)
+        p95 = m.quantile(samples, "llmp_time_to_first_token_seconds", 0.95)
+        self.summary = {"status": health.get("status"), "uptime_s": health.get("uptime_s"),
+                        "requests": reqs, "tokens": tokens, "errors_4xx": four,
+                        "errors_5xx": five, "ttft_p50": p50, "ttft_p95": p95}
+        self.query_one("#ov-status", Static).update(
+            f"[b]{self.client.url}[/b]  status [b]{health.get('status', '?')}[/b]  "
+            f"version {health.get('version', '?')}  uptime {fmt.duration(health.get('uptime_s'))}"
+            f"\nrequests {fmt.num(int(reqs))}  tokens generated {fmt.num(int(tokens))}  "
+            f"errors 4xx {int(four)} / 5xx {int(five)}  "
+            f"TTFT p50 {fmt.seconds(p50)} p95 {fmt.seconds(p95)}")
+        self.query_one("#ov-tps-label", Label).update(
+            f"tokens/s {tps:.1f}" if tps is not None else "tokens/s")
+        self.query_one("#ov-rps-label", Label).update(
+            f"requests/s {rps:.2f}" if rps is not None else "requests/s")
+        self.query_one("#ov-tps", Sparkline).data = list(self.tokens.points)
+        self.query_one("#ov-rps", Sparkline).data = list(self.requests.points)
+        models = loaded if loaded is not None else health.get("models") or []
+        rows = []
+        for st in models:
+            busy, total = st.get("slots_busy"), st.get("slots_total")
+            free = total - busy if isinstance(busy, int) and isinstance(total, int) else "-"
+            mem = (st.get("model_bytes") or 0) + (st.get("kv_cache_bytes") or 0)
+            keep = st.get("keep_alive_left")
+            rows.append((str(st.get("id")), [
+                str(st.get("id")), str(st.get("state", "-")), str(st.get("device", "-")),
+                fmt.num(busy), fmt.num(free), fmt.num(st.get("queue_depth")),
+                fmt.num(st.get("tokens_per_second")), fmt.size(mem) if mem else "-",
+                "never" if keep is None and "keep_alive_left" in st else fmt.duration(keep)]))
+        self.query_one(FilterTable).set_rows(rows)
+
+    async def _health(self) -> dict:
+        # /health answers 503 with its body while a model loads or the server stops
+        try:
+            return await self.client.request("GET", "/health")
+        except PermissionDeniedError:
+            return {}
