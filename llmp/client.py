@@ -227,7 +227,10 @@ class _Base:
         self.url = raw.rstrip("/")
         if self.url.endswith("/v1"):
             self.url = self.url[:-3]
-        parts = httpx.URL(self.url) if "://" in self.url else None
+        try:
+            parts = httpx.URL(self.url) if "://" in self.url else None
+        except (httpx.InvalidURL, ValueError, TypeError):
+            parts = None
         if parts is None or parts.scheme not in ("http", "https") or not parts.host:
             flag = "--url" if self.url_source == "--url" else "LLMP_URL (or --url)"
             raise errors.ConfigError(f"{self.url!r} is not a server URL: set {flag} to one like "
