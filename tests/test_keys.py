@@ -81,7 +81,7 @@ def test_expiry_and_last_used(server):
     assert server.request("GET", "/v1/models", key=secret)[0] == 200
     server.app[WRITER].flush()  # last_used_at is written off the event loop
     assert db_keys.by_id(server.db, rec["id"])["last_used_at"]
-    past = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    past = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     server.db.execute("update api_keys set expires_at = ? where id = ?", [past, rec["id"]])
     keys_service.forget(rec["id"])  # a change behind the server's back: drop its cached record
     st, _, body = server.request("GET", "/v1/models", key=secret)

@@ -9,7 +9,6 @@ import jsonschema
 import pytest
 
 
-
 def _nullable(node):
     """OpenAPI 3.0's `nullable: true` (still used in parts of OpenAI's 3.1 file) as JSON Schema."""
     if isinstance(node, dict):

@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, overload
 
 from sqlite_utils import Database
 
 from llmp.db import _lock
+from llmp.db.lists import found
 
 _JSON = ("capabilities", "languages")
 
 
+@overload
+def _decode(row: dict) -> dict: ...
+@overload
+def _decode(row: None) -> None: ...
 def _decode(row: dict | None) -> dict | None:
     if row is None:
         return None
@@ -27,8 +32,8 @@ def upsert(db: Database, record: dict[str, Any]) -> dict:
         if k in rec and not isinstance(rec[k], str):
             rec[k] = json.dumps(rec[k])
     with _lock:
-        db["models"].upsert(rec, pk="id", alter=False)
-    return get(db, rec["id"])
+        db.table("models").upsert(rec, pk="id", alter=False)
+    return found(get(db, rec["id"]))
 
 
 def get(db: Database, model_id: str) -> dict | None:
@@ -74,7 +79,7 @@ def aliases(db: Database, model_id: str) -> list[str]:
 
 def set_alias(db: Database, alias: str, model_id: str) -> None:
     with _lock:
-        db["model_aliases"].upsert({"alias": alias, "model_id": model_id}, pk="alias")
+        db.table("model_aliases").upsert({"alias": alias, "model_id": model_id}, pk="alias")
 
 
 def update(db: Database, model_id: str, changes: dict[str, Any]) -> dict:
@@ -83,8 +88,8 @@ def update(db: Database, model_id: str, changes: dict[str, Any]) -> dict:
         if k in ch and not isinstance(ch[k], str):
             ch[k] = json.dumps(ch[k])
     with _lock:
-        db["models"].update(model_id, ch)
-    return get(db, model_id)
+        db.table("models").update(model_id, ch)
+    return found(get(db, model_id))
 
 
 def delete(db: Database, model_id: str) -> None:

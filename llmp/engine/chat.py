@@ -65,7 +65,8 @@ def _normalize(messages: list[dict]) -> list[dict]:
         raise InvalidRequestError("messages must be a non-empty array", param="messages")
     out = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant", "tool", "function"):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user",
+                                                             "assistant", "tool", "function"):
             raise InvalidRequestError(f"messages[{i}]: unknown or missing role", param=f"messages[{i}].role")
         m = dict(m)
         if m["role"] == "developer":
@@ -74,7 +75,8 @@ def _normalize(messages: list[dict]) -> list[dict]:
             m["role"] = "tool"
         content = m.get("content")
         if isinstance(content, list):
-            m["content"] = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") in ("text", "input_text"))
+            m["content"] = "".join(p.get("text", "") for p in content if isinstance(p, dict)
+                                   and p.get("type") in ("text", "input_text"))
         if m.get("tool_calls"):
             calls = []
             for c in m["tool_calls"]:
@@ -130,7 +132,7 @@ def _response_grammar(response_format: dict | None) -> str | None:
     raise InvalidRequestError(f"unknown response_format type {kind!r}", param="response_format")
 
 
-def render_chat(engine: "Engine", messages: list[dict], *, tools: list[dict] | None = None,
+def render_chat(engine: Engine, messages: list[dict], *, tools: list[dict] | None = None,
                 tool_choice: Any = None, response_format: dict | None = None,
                 functions: list[dict] | None = None, function_call: Any = None,
                 parallel_tool_calls: bool | None = None,
@@ -143,7 +145,7 @@ def render_chat(engine: "Engine", messages: list[dict], *, tools: list[dict] | N
     template = compile_template(source or FALLBACK_TEMPLATE)
     family = detect_family(source or FALLBACK_TEMPLATE)
     use_tools = bool(tools) and tool_choice != "none"
-    forced = _forced_tools(tools, tool_choice) if use_tools else None
+    forced = _forced_tools(tools, tool_choice) if use_tools and tools else None
     model = engine.model
     try:
         prompt = template.render(

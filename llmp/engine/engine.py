@@ -49,7 +49,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -326,7 +326,7 @@ class Engine:
         self._counters["adapter_switches"] += 1
 
     # ------------------------------------------------------------------ async API
-    async def generate(self, req: GenerationRequest) -> AsyncIterator[Delta]:
+    async def generate(self, req: GenerationRequest) -> AsyncGenerator[Delta, None]:
         """Stream `Delta`s; the last carries `finish_reason` and `usage`.
 
         Leaving the loop early (or cancelling the task) frees the slot at the next step."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ _ID_RE = re.compile(r"^[a-z0-9][a-z0-9._:-]{0,127}$")
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def size_class(parameters: int) -> str:
@@ -338,7 +338,7 @@ def adapter_record(db: Database, settings: Settings, src: Path | str, base_id: s
 def _epoch(iso: str | None) -> int:
     if not iso:
         return 0
-    return int(datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp())
+    return int(datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp())
 
 
 def to_api(record: dict, *, detailed: bool = False, aliases: list[str] | None = None) -> dict:

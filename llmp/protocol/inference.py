@@ -204,7 +204,7 @@ class SamplingFields(RequestModel):
         return v
 
     @model_validator(mode="after")
-    def _stream_options_need_stream(self) -> "SamplingFields":
+    def _stream_options_need_stream(self) -> SamplingFields:
         if self.stream_options is not None and not self.stream:
             raise_param("stream_options",
                         "The 'stream_options' parameter is only allowed when 'stream' is enabled")
@@ -270,11 +270,10 @@ class ChatCompletionRequest(SamplingFields):
     store: StrictBool | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ChatCompletionRequest":
+    def _consistent(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise_param("top_logprobs", "'top_logprobs' requires 'logprobs': true")
-        for choice, needs, given in (("tool_choice", "tools", self.tools),
-                                     ("function_call", "functions", self.functions)):
+        for choice, needs in (("tool_choice", "tools"), ("function_call", "functions")):
             v = getattr(self, choice)
             if not (self.tools or self.functions) and v not in (None, "none", "auto"):
                 raise_param(choice, f"Invalid '{choice}': only allowed when '{needs}' are "
@@ -346,7 +345,7 @@ class CompletionRequest(SamplingFields):
     suffix: StrictStr | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "CompletionRequest":
+    def _consistent(self) -> CompletionRequest:
         if self.best_of is not None and self.best_of != self.choices:
             raise_param("best_of", "'best_of' other than 'n' is not supported")
         if self.max_tokens == 0 and not self.echo:
@@ -361,5 +360,5 @@ class CompletionRequest(SamplingFields):
         if all(isinstance(x, str) for x in p):
             return list(p)  # type: ignore[arg-type]
         if all(isinstance(x, int) for x in p):
-            return [list(p)]  # type: ignore[arg-type]
-        return [list(x) for x in p]  # type: ignore[union-attr]
+            return [[x for x in p if isinstance(x, int)]]
+        return [list(x) for x in p if isinstance(x, list)]

@@ -7,13 +7,13 @@ the key's request rate (429 with Retry-After).
 from __future__ import annotations
 
 import functools
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from llmp.errors import AuthenticationError, PermissionDeniedError
-from llmp.services import keys as keys_service
 from llmp.server.state import API_KEY, DB, LIMITER
+from llmp.services import keys as keys_service
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: a handler's `permission` when any valid key may call it (`requires(None)`)

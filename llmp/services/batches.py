@@ -31,9 +31,10 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from sqlite_utils import Database
 
@@ -42,19 +43,32 @@ from llmp.db import batches as batches_db
 from llmp.db import jobs as jobs_db
 from llmp.db import keys as db_keys
 from llmp.db import models as db_models
+from llmp.db.lists import found
 from llmp.db.writer import write
 from llmp.engine.types import Priority
-from llmp.errors import (AuthenticationError, InvalidRequestError, LlmpError, NotFoundError,
-                         PermissionDeniedError, QuotaExceededError, RateLimitError,
-                         ServiceUnavailableError)
+from llmp.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    LlmpError,
+    NotFoundError,
+    PermissionDeniedError,
+    QuotaExceededError,
+    RateLimitError,
+    ServiceUnavailableError,
+)
 from llmp.events import Bus
 from llmp.ids import new_id
 from llmp.jobs import JobContext, JobRunner
 from llmp.logs import event
-from llmp.protocol.base import parse, parse_json
-from llmp.protocol.resources import (BATCH_ENDPOINTS, ChatLineShape, CompletionLineShape,
-                                     CreateBatchRequest, EmbeddingLineShape,
-                                     ModerationLineShape)
+from llmp.protocol.base import RequestModel, parse, parse_json
+from llmp.protocol.resources import (
+    BATCH_ENDPOINTS,
+    ChatLineShape,
+    CompletionLineShape,
+    CreateBatchRequest,
+    EmbeddingLineShape,
+    ModerationLineShape,
+)
 from llmp.services import embeddings, inference, moderation
 from llmp.services import keys as keys_service
 from llmp.services import usage as usage_service
@@ -94,9 +108,9 @@ TERMINAL_EVENTS = {"completed": events.BATCH_COMPLETED, "failed": events.BATCH_F
 # Lines in flight per model: the engine's slots plus a few queued behind them (at batch
 # priority, so interactive requests still go first) to hide the per-line bookkeeping gap.
 LOOKAHEAD = 2
-RETRY_BUSY_S = 0.25
+RETRY_BUSY_S = 0.25  # wait before resubmitting a line the engine refused (queue full)
 FLUSH_LINES = 64  # group commit: write results when this many wait ...
-FLUSH_S = 0.02  # ... or this long after the first one  # wait before resubmitting a line the engine refused (queue full)
+FLUSH_S = 0.02  # ... or this long after the first one
 #: a line that was running when the process died this many times is failed, not run again
 #: (it may be what kills the process: a resumed batch must not crash every restart)
 MAX_CRASHES = 2
@@ -129,8 +143,9 @@ def _error(code: str, message: str, line: int | None, param: str | None = None) 
 
 #: endpoint -> the shape its line bodies must have (values: the endpoint's request model,
 #: `inference.ChatCompletionRequest` ..., when the line runs)
-LINE_SHAPES = {"/v1/chat/completions": ChatLineShape, "/v1/completions": CompletionLineShape,
-               "/v1/embeddings": EmbeddingLineShape, "/v1/moderations": ModerationLineShape}
+LINE_SHAPES: dict[str, type[RequestModel]] = {
+    "/v1/chat/completions": ChatLineShape, "/v1/completions": CompletionLineShape,
+    "/v1/embeddings": EmbeddingLineShape, "/v1/moderations": ModerationLineShape}
 assert tuple(ENDPOINTS) == tuple(LINE_SHAPES) == BATCH_ENDPOINTS
 
 
@@ -272,7 +287,7 @@ def to_api(db: Database, row: dict) -> dict:
 class Batches:
     """The batch API over one home: create/get/list/cancel, driven by a `BatchRunner`."""
 
-    def __init__(self, db: Database, store: FileStore, runner: "BatchRunner | None" = None):
+    def __init__(self, db: Database, store: FileStore, runner: BatchRunner | None = None):
         self.db = db
         self.store = store
         self.runner = runner
@@ -472,10 +487,10 @@ class BatchRunner:
 
     async def _drive(self, batch_id: str) -> None:
         """Take one batch from wherever it is to a final status."""
-        b = batches_db.get(self.db, batch_id)
+        b = found(batches_db.get(self.db, batch_id))
         if b["status"] == "validating":
             await self._validate(b)
-            b = batches_db.get(self.db, batch_id)
+            b = found(batches_db.get(self.db, batch_id))
         stop_error = None
         if b["status"] == "in_progress":
             expired = await self._execute(b)
@@ -491,7 +506,7 @@ class BatchRunner:
                                    "be executed before the completion window expired."})
             await write(self.db, batches_db.transition, batch_id, "finalizing",
                         allowed_from=("in_progress",), at=now)
-            b = batches_db.get(self.db, batch_id)
+            b = found(batches_db.get(self.db, batch_id))
         if b["status"] == "cancelling":
             await write(self.db, batches_db.close_pending, batch_id, status="cancelled",
                         at=int(time.time()), error={
@@ -789,7 +804,7 @@ class BatchRunner:
         return (json.dumps(out) + "\n").encode()
 
     def _emit(self, batch_id: str, status: str) -> None:
-        row = batches_db.get(self.db, batch_id)
+        row = found(batches_db.get(self.db, batch_id))
         c = batches_db.counts(self.db, batch_id)
         event(log, f"batch.{status}", f"batch {batch_id} {status}",
               logging.WARNING if status == "failed" else logging.INFO, batch=batch_id,

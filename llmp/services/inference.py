@@ -23,14 +23,20 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
-from llmp import __version__
-from llmp import backends
+from llmp import __version__, backends
 from llmp.engine.tools import ToolCallParser
-from llmp.engine.types import (Delta, GenerationRequest, Priority, SamplingParams, TokenLogprob,
-                               Usage)
+from llmp.engine.types import (
+    Delta,
+    GenerationRequest,
+    Priority,
+    SamplingParams,
+    TokenLogprob,
+    Usage,
+)
 from llmp.errors import ContextLengthExceededError, InvalidRequestError
 from llmp.ids import new_id
 from llmp.protocol.base import parse
@@ -83,7 +89,8 @@ def _usage_dict(u: Usage) -> dict:
             "prompt_tokens_details": {"cached_tokens": u.cached_tokens}}
 
 
-async def _merge(streams: list[AsyncIterator[Delta]]) -> AsyncIterator[tuple[int, Delta]]:
+async def _merge(streams: list[AsyncGenerator[Delta, None]]
+                 ) -> AsyncGenerator[tuple[int, Delta], None]:
     """Interleave several delta streams as (index, delta); closing this closes them all."""
     if len(streams) == 1:
         async with contextlib.aclosing(streams[0]) as only:
@@ -93,7 +100,7 @@ async def _merge(streams: list[AsyncIterator[Delta]]) -> AsyncIterator[tuple[int
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
 
-    async def pump(i: int, s: AsyncIterator[Delta]) -> None:
+    async def pump(i: int, s: AsyncGenerator[Delta, None]) -> None:
         try:
             async for d in s:
                 await queue.put((i, d))
@@ -210,7 +217,7 @@ class Call:
         """Generated tokens, counted from deltas too (for a stream that ended early)."""
         return max(self.usage.completion_tokens, self.generated)
 
-    def _streams(self) -> AsyncIterator[tuple[int, Delta]]:
+    def _streams(self) -> AsyncGenerator[tuple[int, Delta], None]:
         return _merge([self.engine.generate(r) for r in self.requests])
 
     # -- non-streaming ------------------------------------------------------------
@@ -319,7 +326,7 @@ class Call:
             template = self._text_templates[i] = (before, after)
         return template[0] + _json_str(text) + template[1]
 
-    async def stream(self) -> AsyncIterator[str]:
+    async def stream(self) -> AsyncGenerator[str, None]:
         """Chunks as OpenAI streams them, serialised as JSON text (the caller frames them as
         SSE and adds `[DONE]`); with stream_options.include_usage a last chunk with `usage`
         and no choices. Nothing is yielded before the engine has admitted the request and
@@ -388,7 +395,7 @@ class Call:
                       n_calls: list[int]) -> list[dict]:
         """The `choices[0]` of each chunk for one delta: content, tool calls, finish."""
         out = []
-        text, calls = d.text, []
+        text, calls = d.text, list[Any]()
         if parser is not None:
             text, calls = parser.feed(d.text)
             if d.finish_reason is not None:

@@ -29,8 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from llmp.db import keys as db_keys
-from llmp.errors import (AuthenticationError, InvalidRequestError, NotFoundError,
-                         PermissionDeniedError)
+from llmp.db.lists import found
+from llmp.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from llmp.ids import new_id, random_base62
 from llmp.protocol.base import parse
 from llmp.protocol.resources import KEY_PERMISSIONS, TIER_NAMES, CreateKeyRequest
@@ -163,7 +168,7 @@ def revoke(db, key_id: str, caller: dict | None = None) -> dict:
             f"{ROTATE_HINT}", param="key_id", code="bootstrap_key")
     db_keys.revoke(db, key_id, timefmt.iso())
     forget(key_id)
-    return public(db_keys.by_id(db, key_id))
+    return public(found(db_keys.by_id(db, key_id)))
 
 
 # -- authentication -----------------------------------------------------------------------
@@ -255,7 +260,7 @@ def ensure_admin(db, settings) -> str | None:
                 _make_bootstrap(db, key["id"])
             return None
     secret = create(db, {"name": "admin", "permissions": [ADMIN]})["api_key"]
-    _make_bootstrap(db, db_keys.by_hash(db, hash_secret(secret))["id"])
+    _make_bootstrap(db, found(db_keys.by_hash(db, hash_secret(secret)))["id"])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -1,7 +1,7 @@
 """The model registry as the API and the engine pool see it (over llmp.models.registry)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from llmp.db import models as db_models
 from llmp.engine.pool import ModelSpec

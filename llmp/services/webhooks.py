@@ -36,11 +36,12 @@ import ipaddress
 import json
 import logging
 import math
-import urllib.parse
 import secrets
 import socket
 import time
-from typing import Any, Callable
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp

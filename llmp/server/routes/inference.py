@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -19,8 +20,17 @@ from llmp.errors import LlmpError, ServerError, ServiceUnavailableError
 from llmp.server import sse
 from llmp.server.auth import requires
 from llmp.server.middleware import read_json
-from llmp.server.state import (API_KEY, DB, EVENTS, LIMITER, LOG_FIELDS, METRICS, POOL,
-                               REQUEST_ID, SHUTDOWN)
+from llmp.server.state import (
+    API_KEY,
+    DB,
+    EVENTS,
+    LIMITER,
+    LOG_FIELDS,
+    METRICS,
+    POOL,
+    REQUEST_ID,
+    SHUTDOWN,
+)
 from llmp.services import inference, moderation, usage
 from llmp.services.limits import Admission
 from llmp.services.models import model_version
@@ -30,7 +40,9 @@ log = logging.getLogger("llmp.server")
 #: HTTP status recorded for a request whose client went away (nginx's convention).
 CLIENT_CLOSED = 499
 
-Prepare = Callable[..., Awaitable[inference.Call]]
+# what prepares a call: inference.Call here, EmbeddingCall and ModerationCall (routes of their
+# own) alike: prepare(pool, body, request_id=..., priority=...) -> a call with run()
+Prepare = Callable[..., Awaitable[Any]]
 
 
 async def _stream(request: web.Request, call: inference.Call) -> web.StreamResponse:
