@@ -10,7 +10,9 @@ batch size (n_batch = n_ubatch = 2048 tokens) and L2-normalise; each is warmed u
 timed `--rounds` times (best round reported):
 
 * llama-cpp-python: `Llama(path, embedding=True, n_ctx=2048, n_batch=2048).embed(texts,
-  normalize=True)` (it packs inputs into batches of up to n_batch tokens / n_seq_max seqs);
+  normalize=True)` (it packs inputs into batches of up to n_batch tokens / n_seq_max seqs),
+  with its defaults (flash attention off) and with `flash_attn=True` (llama.cpp's default,
+  auto, turns it on, and so does llmp's context);
 * llmp, one request: the 256 inputs in one body (float encoding), to a real `llmp` server
   on 127.0.0.1 (HTTP, auth, limits, usage rows included);
 * llmp, 256 requests: one input per request, 32 in flight (the engine packs concurrent
@@ -117,16 +119,24 @@ def main() -> None:
     model = args.model or synthesize(args.preset, tmp / f"{args.preset}-f16.gguf")
     inputs = texts(args.inputs)
 
-    llm = llama_cpp.Llama(str(model), embedding=True, n_ctx=2048, n_batch=2048, n_ubatch=2048,
-                          n_threads=threads, n_threads_batch=threads, verbose=False)
-    llm.embed(inputs[:8], normalize=True)  # warm-up
-    lcp = []
-    for _ in range(args.rounds):
-        t0 = time.perf_counter()
-        ref = np.array(llm.embed(inputs, normalize=True), dtype=np.float64)
-        lcp.append(time.perf_counter() - t0)
-    n_tokens = sum(len(llm.tokenize(t.encode())) for t in inputs)
-    llm.close()
+    def baseline(flash_attn: bool) -> tuple[list[float], np.ndarray, int]:
+        llm = llama_cpp.Llama(str(model), embedding=True, n_ctx=2048, n_batch=2048,
+                              n_ubatch=2048, n_threads=threads, n_threads_batch=threads,
+                              flash_attn=flash_attn, verbose=False)
+        llm.embed(inputs[:8], normalize=True)  # warm-up
+        ts = []
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            out = np.array(llm.embed(inputs, normalize=True), dtype=np.float64)
+            ts.append(time.perf_counter() - t0)
+        n = sum(len(llm.tokenize(t.encode())) for t in inputs)
+        llm.close()
+        return ts, out, n
+
+    # llama-cpp-python's default (flash attention off), and with flash attention on, as
+    # llama.cpp's own default (auto) and so llmp's context have it
+    lcp, ref, n_tokens = baseline(False)
+    lcp_fa, _, _ = baseline(True)
 
     with server(tmp / "home", model, threads) as (url, key):
         asyncio.run(llmp_run(url, key, inputs[:8], 8, 1))  # warm-up (loads the model)
@@ -141,13 +151,16 @@ def main() -> None:
     def row(name: str, ts: list[float]) -> str:
         best = min(ts)
         return (f"| {name} | {best * 1000:,.0f} | {statistics.median(ts) * 1000:,.0f} | "
-                f"{len(inputs) / best:,.0f} | {n_tokens / best:,.0f} | {min(lcp) / best:.2f}x |")
+                f"{len(inputs) / best:,.0f} | {n_tokens / best:,.0f} | {min(lcp) / best:.2f}x | "
+                f"{min(lcp_fa) / best:.2f}x |")
 
     print(f"model {model} ({args.inputs} inputs, {n_tokens} tokens, {threads} threads, "
           f"best of {args.rounds}; max |llmp - llama-cpp-python| = {err:.2e})")
-    print("| path | best ms | median ms | inputs/s | tokens/s | speed vs Llama.embed |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    print(row("llama-cpp-python `Llama.embed` (in-process)", lcp))
+    print("| path | best ms | median ms | inputs/s | tokens/s | vs Llama.embed | "
+          "vs Llama.embed (flash_attn) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(row("llama-cpp-python `Llama.embed` (in-process, defaults)", lcp))
+    print(row("llama-cpp-python `Llama.embed` (in-process, flash_attn=True)", lcp_fa))
     print(row("llmp `/v1/embeddings`, 1 request x 256 inputs (HTTP)", one))
     print(row("llmp `/v1/embeddings`, 256 requests x 1 input, 32 in flight (HTTP)", many))
     sys.stdout.flush()

@@ -34,6 +34,11 @@ from llmp.protocol.base import parse
 from llmp.protocol.embeddings import MAX_REQUEST_TOKENS, EmbeddingRequest
 
 
+#: inputs of at most this many characters in all are tokenized on the event loop (tens of
+#: microseconds); longer ones in a worker thread
+INLINE_TOKENIZE_CHARS = 4096
+
+
 @dataclass
 class EmbeddingCall:
     engine: Any
@@ -134,8 +139,12 @@ async def prepare_embeddings(pool, body: dict | EmbeddingRequest, *,
     def tokenize_all() -> list[list[int]]:
         return [engine.tokenize(x) if isinstance(x, str) else list(x) for x in raw]
 
-    tokens: list[list[int]] = await asyncio.to_thread(tokenize_all) \
-        if any(isinstance(x, str) for x in raw) else [list(x) for x in raw]  # type: ignore[misc, arg-type]
+    if not any(isinstance(x, str) for x in raw):
+        tokens: list[list[int]] = [list(x) for x in raw]  # type: ignore[arg-type]
+    elif chars <= INLINE_TOKENIZE_CHARS:  # microseconds: not worth a thread hop
+        tokens = tokenize_all()
+    else:
+        tokens = await asyncio.to_thread(tokenize_all)
     total = sum(len(t) for t in tokens)
     if total > MAX_REQUEST_TOKENS:
         raise InvalidRequestError(f"The inputs have {total:,} tokens; at most "
