@@ -136,6 +136,8 @@ def test_run_streams_with_stdin(at_home, cli):
     assert r3.exit_code == 2 and "PROMPT" in r3.stderr and r3.stdout == ""
     r4 = cli("run", "nope", "hi")
     assert r4.exit_code == 4 and r4.stdout == "" and "nope" in r4.stderr
+    r5 = cli("run", "tiny", "hi", "-t", "9")  # the error names the flag, not the API field
+    assert r5.exit_code == 2 and "--temperature" in r5.stderr and "'temperature'" not in r5.stderr
 
 
 def test_keys_by_name(at_home, cli):
@@ -149,6 +151,8 @@ def test_keys_by_name(at_home, cli):
     assert created["id"] in r.stdout
     r = cli("keys", "list", "--json")
     assert {k["id"]: k["status"] for k in json.loads(r.stdout)}[created["id"]] == "revoked"
+    r = cli("keys", "create", "x", "--tier", "gold")
+    assert r.exit_code == 2 and "Invalid --tier" in r.stderr
     r = cli("keys", "revoke", "no-such-key")
     assert r.exit_code == 4 and "no-such-key" in r.stderr
 

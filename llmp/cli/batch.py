@@ -17,6 +17,7 @@ from llmp.cli.ui import (
     UrlOpt,
     console,
     err_console,
+    flags,
     print_json,
     print_rows,
     when,
@@ -129,8 +130,9 @@ def submit(
             err_console.print(f"[red]{escape(where)}[/red]: {escape(e['code'])}: {escape(e['message'])}")
         raise InvalidRequestError(f"{path}: {len(v.errors)} invalid line(s); nothing was submitted")
     f = upload_file(client, path, "batch")
-    b = client.request("POST", "/v1/batches", json={
-        "input_file_id": f["id"], "endpoint": endpoint, "completion_window": window})
+    with flags(completion_window="--window", endpoint="--endpoint"):
+        b = client.request("POST", "/v1/batches", json={
+            "input_file_id": f["id"], "endpoint": endpoint, "completion_window": window})
     if not wait:
         if json_out:
             print_json(b)

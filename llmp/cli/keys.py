@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Column
 
-from llmp.cli.ui import ApiKeyOpt, JsonOpt, UrlOpt, client, console, print_json, print_rows
+from llmp.cli.ui import ApiKeyOpt, JsonOpt, UrlOpt, client, console, flags, print_json, print_rows
 from llmp.client import Client
 from llmp.errors import InvalidRequestError, NotFoundError
 from llmp.services.keys import PERMISSIONS
@@ -97,7 +97,13 @@ def create(
                        "tokens_per_month": monthly_tokens}}
     if permission:
         body["permissions"] = permission
-    key = client().request("POST", "/v1/auth/api-keys", json=body)
+    with flags(name="NAME", permissions="--permission", tier="--tier", expires_at="--expires",
+               **{"rate_limit.requests_per_minute": "--rpm",
+                  "rate_limit.tokens_per_minute": "--tpm",
+                  "limits.monthly_budget": "--budget",
+                  "limits.requests_per_month": "--monthly-requests",
+                  "limits.tokens_per_month": "--monthly-tokens"}):
+        key = client().request("POST", "/v1/auth/api-keys", json=body)
     if json_out:
         print_json(key)
         return

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmp.cli.ui import ApiKeyOpt, UrlOpt, client, print_json
+from llmp.cli.ui import ApiKeyOpt, UrlOpt, client, flags, print_json
 from llmp.errors import InvalidRequestError
 
 
@@ -61,19 +61,21 @@ def run(
             "temperature": temperature, "seed": seed}
     body = {k: v for k, v in body.items() if v is not None}
     c = client()
-    if json_out:
-        print_json(c.request("POST", "/v1/chat/completions", json=body))
-        return
-    body["stream"] = True
-    out = sys.stdout
-    last = "\n"
-    for event in c.request("POST", "/v1/chat/completions", json=body, stream=True):
-        for choice in event.get("choices") or []:
-            piece = (choice.get("delta") or {}).get("content") or ""
-            if piece:
-                out.write(piece)
-                out.flush()
-                last = piece
+    with flags(model="MODEL", max_tokens="--max-tokens", temperature="--temperature",
+               seed="--seed"):
+        if json_out:
+            print_json(c.request("POST", "/v1/chat/completions", json=body))
+            return
+        body["stream"] = True
+        out = sys.stdout
+        last = "\n"
+        for event in c.request("POST", "/v1/chat/completions", json=body, stream=True):
+            for choice in event.get("choices") or []:
+                piece = (choice.get("delta") or {}).get("content") or ""
+                if piece:
+                    out.write(piece)
+                    out.flush()
+                    last = piece
     if not last.endswith("\n"):
         out.write("\n")
     out.flush()

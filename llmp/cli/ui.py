@@ -1,9 +1,10 @@
 """Shared CLI pieces: consoles, option types, output helpers."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
@@ -42,6 +43,23 @@ ApiKeyOpt = Annotated[Optional[str], typer.Option(
     "--api-key", metavar="KEY", callback=_remember("api_key"), expose_value=False,
     help="API key (default: LLMP_API_KEY, else the home's admin key).",
     rich_help_panel="Server")]
+
+
+@contextlib.contextmanager
+def flags(**names: str) -> Iterator[None]:
+    """Errors name the flag the user typed, not the API field: `with flags(max_tokens=
+    "--max-tokens"): ...` turns "Invalid 'max_tokens': ..." into "Invalid --max-tokens: ..."
+    (for an InvalidRequestError whose `param` is one of `names`)."""
+    from llmp.errors import InvalidRequestError
+
+    try:
+        yield
+    except InvalidRequestError as e:
+        flag = names.get(e.param or "")
+        if flag:
+            e.message = e.message.replace(f"'{e.param}'", flag)
+            e.param = flag
+        raise
 
 
 def client(**kwargs: Any) -> Client:

@@ -14,6 +14,7 @@ from llmp.cli.ui import (
     client,
     console,
     err_console,
+    flags,
     print_json,
     print_rows,
     when,
@@ -41,7 +42,8 @@ def add(
       llmp webhooks add https://example.com/hooks -e batch.completed -e batch.failed
     """
     body = {"url": endpoint, "events": event, **({"secret": secret} if secret else {})}
-    w = client().request("POST", "/v1/webhooks", json=body)
+    with flags(url="URL", events="--event", secret="--secret"):
+        w = client().request("POST", "/v1/webhooks", json=body)
     if json_out:
         print_json(w)
         return
