@@ -216,6 +216,13 @@ def gsrv(tiny_model_path, tmp_path_factory):
         yield srv
 
 
+def test_guard_listed_as_such(gsrv):
+    st, _, m = gsrv.request("GET", "/v1/models/guard")
+    assert st == 200 and m["guard_profile"] == "llama-guard-3"
+    st, _, m = gsrv.request("GET", "/v1/models/tiny")
+    assert st == 200 and "guard_profile" not in m
+
+
 def _check_result(r: dict) -> None:
     assert set(r["categories"]) == set(OPENAI_CATEGORIES) == set(r["category_scores"])
     assert all(0.0 <= v <= 1.0 for v in r["category_scores"].values())

@@ -373,6 +373,8 @@ def to_api(record: dict, *, detailed: bool = False, aliases: list[str] | None = 
         "created_at": record.get("created_at"),
         "updated_at": record.get("updated_at"),
     }
+    if record.get("guard_profile"):  # a guard model: serves POST /v1/moderations
+        out["guard_profile"] = record["guard_profile"]
     if parent:
         out["parent"] = parent
         out["lora_scale"] = record.get("lora_scale") if record.get("lora_scale") is not None else 1.0
