@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
-from llmp import __version__
+from llmp import __version__, discovery
 from llmp.cli.ui import JsonOpt, console, human_bytes, print_json
 from llmp.config import load_settings
 
@@ -79,6 +79,7 @@ def doctor(json_: JsonOpt = False) -> None:
         "llama_cpp": _llama_cpp(),
         "devices": _devices(),
         "home": _home(settings),
+        "server": discovery.find(settings.home),  # the running `llmp serve` of this home
     }
     if json_:
         print_json(report)
@@ -97,6 +98,8 @@ def doctor(json_: JsonOpt = False) -> None:
         ("DB schema", home.get("db_schema") or f"[red]{home.get('error')}[/red]"),
         ("Models", str(home.get("models", "-"))),
         ("Free disk", human_bytes(home["disk_free"])),
+        ("Server", f"running at {report['server']['url']} (pid {report['server']['pid']})"
+         if report["server"] else "not running on this home (`llmp serve`)"),
     ]
     if report["devices"] and not gpu:
         rows.append(("Hint", "[yellow]a GPU is present but this llama-cpp-python cannot use it: "
