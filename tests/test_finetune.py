@@ -112,8 +112,10 @@ def test_fine_tuned_model_learns_the_code_word(ft):
         # events (newest first), checkpoints (one per epoch, each servable), the metrics CSV
         events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
         assert events[0].message == "The job has successfully completed"
-        metrics = [e for e in events if e.type == "metrics" and "train_loss" in (e.data or {})]
+        metrics = [e for e in events if e.type == "metrics" and "total_steps" in (e.data or {})]
         assert metrics and all(0 <= e.data["train_loss"] for e in metrics)
+        assert all(e.data["learning_rate"] >= 0 and e.data["tokens_per_second"] > 0
+                   and e.data["eta_seconds"] >= 0 for e in metrics)
         ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data
         assert [c.step_number for c in ckpts] == [30, 20, 10]
         assert ckpts[0].metrics.valid_loss is not None
@@ -230,25 +232,34 @@ def test_cancel_mid_run_and_another_key_sees_nothing(ft):
     assert page.data[0].id == job.id
 
 
-def test_pause_and_resume_continue_from_the_checkpoint(ft):
+def test_pause_resume_from_the_checkpoint_then_a_worker_crash_fails_the_job(ft):
+    import signal
+
+    from llmp.server.routes.fine_tuning import HANDLER
+
     client = ft.openai()
     fid = upload(client, training_lines("zxcvbnmq"))
     job = client.fine_tuning.jobs.create(model="tl", training_file=fid, hyperparameters={
-        "n_epochs": 20, "batch_size": 4})
+        "n_epochs": 40, "batch_size": 4})
     wait_event(client, job.id, "Checkpoint created at step 5")
-    from llmp.server.routes.fine_tuning import HANDLER
-
     proc = ft.app[HANDLER].procs[job.id]
     job = client.fine_tuning.jobs.pause(job.id)
     assert job.status == "paused" and proc.returncode is not None
+    assert job.estimated_finish is None
+    paused_at = client.fine_tuning.jobs.checkpoints.list(job.id, limit=1).data[0].step_number
     job = client.fine_tuning.jobs.resume(job.id)
     assert job.status in ("queued", "running")
+    wait_event(client, job.id, f"Resumed from checkpoint at step {paused_at}")
+    wait_event(client, job.id, f"Checkpoint created at step {paused_at + 5}")
+    steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(
+        job.id, limit=100).data]
+    assert len(set(steps)) == len(steps) and steps == sorted(steps, reverse=True)
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "running"
+    # the worker dies (as the OOM killer would kill it): the job fails with the reason
+    os.kill(ft.app[HANDLER].procs[job.id].pid, signal.SIGKILL)
     job = wait_for(client, job.id, ("succeeded", "failed"))
-    assert job.status == "succeeded", job.error
-    msgs = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
-    assert any("resumed from the checkpoint at step" in m for m in msgs), msgs
-    steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data]
-    assert steps[0] == 100 and len(set(steps)) == len(steps)
+    assert job.status == "failed" and job.error.code == "worker_crashed"
+    assert "killed by signal 9" in job.error.message and job.fine_tuned_model is None
 
 
 def test_cli_create_wait_list_show_events(ft, cli, monkeypatch, tmp_path):
