@@ -50,6 +50,7 @@ def ft(tmp_path_factory):
     gguf = convert(hf, root / "tl.gguf", outtype="f32")
     with start_server(root / "home", gguf, n_slots=4) as srv:
         registry.register(srv.db, gguf, model_id="tl", hf_source=str(hf))
+        registry.set_price(srv.db, "tl", training_price=0.5)
         srv.hf = hf
         yield srv
 
@@ -132,6 +133,7 @@ def test_fine_tuned_model_learns_the_code_word(ft):
         # trained tokens are usage of the key
         rows = list(ft.db.query("select * from usage where endpoint = '/v1/fine_tuning/jobs'"))
         assert [r["prompt_tokens"] for r in rows] == [job.trained_tokens]
+        assert rows[0]["cost"] == pytest.approx(job.trained_tokens * 0.5 / 1000)
         # the signed webhooks: succeeded and the spec's completed
         got = rx.wait(2)
         types = sorted(json.loads(b)["type"] for _, b in got)

@@ -325,15 +325,19 @@ def set_price(
     output_price: Annotated[Optional[float], typer.Option(
         "--output", help="Price per 1K output tokens.")] = None,
     currency: Annotated[Optional[str], typer.Option("--currency", help="e.g. USD.")] = None,
+    training_price: Annotated[Optional[float], typer.Option(
+        "--training", help="Price per 1K trained tokens of fine-tuning jobs on this model.")] = None,
 ) -> None:
     """Set a model's prices per 1K tokens (used by usage and billing)."""
-    if input_price is None and output_price is None and currency is None:
-        raise typer.BadParameter("give --input, --output and/or --currency")
+    if input_price is None and output_price is None and currency is None \
+            and training_price is None:
+        raise typer.BadParameter("give --input, --output, --training and/or --currency")
     _, db = _open()
     rec = registry.set_price(db, model, input_price=input_price, output_price=output_price,
-                             currency=currency)
+                             currency=currency, training_price=training_price)
     console.print(f"{rec['id']}: {rec['price_input']:g} in / {rec['price_output']:g} out "
-                  f"{rec['currency']} per 1K tokens")
+                  + (f"/ {rec['price_training']:g} training " if rec.get("price_training")
+                     else "") + f"{rec['currency']} per 1K tokens")
 
 
 @app.command("set-guard")

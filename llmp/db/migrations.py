@@ -431,3 +431,10 @@ def m0111_fine_tuning(db: Database) -> None:
          "metrics": str, "fine_tuned_model_checkpoint": str, "path": str},
         pk="id", not_null={"job_id", "created_at", "step_number"})
     db["fine_tuning_checkpoints"].create_index(["job_id"])
+
+
+@MIGRATIONS(name="0112_model_training_price")
+def m0112_model_training_price(db: Database) -> None:
+    # Price per 1K trained tokens of a fine-tuning job on this base model
+    # (`llmp models set-price --training`); NULL: training is free.
+    db["models"].add_column("price_training", float)

@@ -223,11 +223,14 @@ def add_alias(db: Database, alias: str, id_or_alias: str) -> dict:
 
 
 def set_price(db: Database, id_or_alias: str, *, input_price: float | None = None,
-              output_price: float | None = None, currency: str | None = None) -> dict:
-    """Set prices per 1K tokens (input and/or output) and the currency."""
+              output_price: float | None = None, currency: str | None = None,
+              training_price: float | None = None) -> dict:
+    """Set prices per 1K tokens (input, output and/or trained tokens of fine-tuning jobs) and
+    the currency."""
     rec = resolve(db, id_or_alias)
     changes: dict[str, Any] = {"updated_at": now_iso()}
-    for key, value in (("price_input", input_price), ("price_output", output_price)):
+    for key, value in (("price_input", input_price), ("price_output", output_price),
+                       ("price_training", training_price)):
         if value is not None:
             if value < 0:
                 raise InvalidRequestError("prices cannot be negative", param=key)

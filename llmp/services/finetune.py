@@ -24,7 +24,8 @@ checkpoint (the runner's crash guard ends it after two such crashes). A worker t
 
 `result_files`: one `fine-tune-results` file, a CSV of step, train_loss, valid_loss,
 train_accuracy, valid_accuracy. `trained_tokens` is recorded as one usage row (prompt tokens
-of the endpoint /v1/fine_tuning/jobs, the base model). Webhooks: fine_tuning.job.succeeded
+of the endpoint /v1/fine_tuning/jobs, the base model), billed at the base's training price
+per 1K tokens (`llmp models set-price --training`). Webhooks: fine_tuning.job.succeeded
 (+ the spec's fine_tuning.job.completed), fine_tuning.job.failed, fine_tuning.job.cancelled.
 """
 from __future__ import annotations
@@ -651,8 +652,11 @@ class FineTuneHandler:
         f = self.store.record(up, owner=row["owner_key_id"], filename=f"{job_id}_results.csv",
                               purpose="fine-tune-results")
         tokens = int(done.get("trained_tokens") or 0)
-        usage_service.record(self.db, row["owner_key_id"], row["model"], ENDPOINT,
-                             prompt_tokens=tokens, bus=self.bus, request_id=job_id)
+        usage = usage_service.usage_row(self.db, row["owner_key_id"], row["model"], ENDPOINT,
+                                        prompt_tokens=tokens, request_id=job_id)
+        priced = db_models.get(self.db, row["model"]) or base
+        usage["cost"] = tokens * float(priced.get("price_training") or 0.0) / 1000.0
+        usage_service.record_many(self.db, [usage], bus=self.bus)
         await _finish(self.db, job_id, "succeeded", allowed_from=("running",),
                       message="The job has successfully completed",
                       changes={"fine_tuned_model": name, "result_files": json.dumps([f["id"]]),
