@@ -224,9 +224,21 @@ class ModerationCall:
                     f"prompt of {len(p)} tokens. Shorten it.", param="input")
 
     async def run(self) -> dict:
-        results = await asyncio.gather(*(
-            classify(self.engine, self.profile, p, priority=self.priority,
-                     request_id=self.request_id) for p in self.prompts))
+        # at most one input per engine slot at a time (a 2048-input request does not flood
+        # the engine's queue); the first failure cancels the rest (TaskGroup)
+        sem = asyncio.Semaphore(max(1, int(getattr(self.engine, "n_slots", 1) or 1)))
+
+        async def one(p: list[int]) -> GuardResult:
+            async with sem:
+                return await classify(self.engine, self.profile, p, priority=self.priority,
+                                      request_id=self.request_id)
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(one(p)) for p in self.prompts]
+        except BaseExceptionGroup as eg:  # the first failure, as a single call would raise it
+            raise eg.exceptions[0] from None
+        results = [t.result() for t in tasks]
         self.usage.completion_tokens = sum(r.completion_tokens for r in results)
         self.generated = self.usage.completion_tokens
         u = self.usage
