@@ -36,6 +36,16 @@ def total(samples: list[Sample], name: str, **where: str) -> float:
                if n == name and all(lab.get(k) == w for k, w in where.items()))
 
 
+#: routes a dashboard polls: left out of "requests/s" so that watching adds nothing to it
+WATCH_ROUTES = ("/health", "/metrics", "/v1/admin/models", "/v1/admin/logs", "/v1/auth/me")
+
+
+def served(samples: list[Sample]) -> float:
+    """Requests served, less the dashboards' own polls (WATCH_ROUTES)."""
+    return sum(v for n, lab, v in samples
+               if n == "llmp_requests_total" and lab.get("route") not in WATCH_ROUTES)
+
+
 def errors(samples: list[Sample]) -> tuple[float, float]:
     """(4xx, 5xx) request counts."""
     four = five = 0.0

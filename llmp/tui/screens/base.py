@@ -28,6 +28,7 @@ class View(Vertical):
         super().__init__(**kwargs)
         self._poller: Worker | None = None
         self.polls = 0  # answered polls (tests wait on it)
+        self.last_error: Exception | None = None  # the last unexpected failure of a poll
 
     @property
     def llmp(self) -> LlmpApp:
@@ -62,6 +63,10 @@ class View(Vertical):
         except LlmpError as e:
             self.llmp.set_connected(True)
             self.show_error(e)
+            return False
+        except (OSError, ValueError) as e:  # a broken answer: say so, keep the dashboard up
+            self.last_error = e
+            self.notify(f"{type(e).__name__}: {e}", title=self.TITLE, severity="error")
             return False
         self.llmp.set_connected(True)
         self.polls += 1

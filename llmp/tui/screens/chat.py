@@ -25,6 +25,8 @@ class ChatView(View):
         super().__init__(**kwargs)
         self.messages: list[dict[str, str]] = []
         self.streaming = False
+        #: max_tokens of each answer (None: the server's default)
+        self.max_tokens: int | None = None
 
     def compose(self) -> ComposeResult:
         yield Select([], prompt="model", id="chat-model", allow_blank=True)
@@ -47,6 +49,8 @@ class ChatView(View):
         self.query_one("#chat-input", Input).focus()
 
     def show_transcript(self, partial: str | None = None) -> None:
+        if not self.is_attached:
+            return  # the app is closing while an answer streams
         t = Text()
         for m in self.messages + ([{"role": "assistant", "content": partial}] if partial is not None else []):
             t.append(f"{m['role']}: ", style="bold")
@@ -81,7 +85,8 @@ class ChatView(View):
         answer = ""
         try:
             async for ev in self.client.stream("POST", "/v1/chat/completions", json={
-                    "model": model, "messages": self.messages, "stream": True}):
+                    "model": model, "messages": self.messages, "stream": True,
+                    **({"max_tokens": self.max_tokens} if self.max_tokens else {})}):
                 for choice in ev.get("choices") or []:
                     answer += (choice.get("delta") or {}).get("content") or ""
                 self.show_transcript(answer)

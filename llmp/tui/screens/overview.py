@@ -50,7 +50,7 @@ class OverviewView(View):
                 loaded = None
         now = time.monotonic()
         tokens = m.total(samples, "llmp_completion_tokens_total")
-        reqs = m.total(samples, "llmp_requests_total")
+        reqs = m.served(samples)
         tps = self.tokens.add(now, tokens)
         rps = self.requests.add(now, reqs)
         four, five = m.errors(samples)
@@ -69,8 +69,8 @@ class OverviewView(View):
             f"tokens/s {tps:.1f}" if tps is not None else "tokens/s")
         self.query_one("#ov-rps-label", Label).update(
             f"requests/s {rps:.2f}" if rps is not None else "requests/s")
-        self.query_one("#ov-tps", Sparkline).data = list(self.tokens.points)
-        self.query_one("#ov-rps", Sparkline).data = list(self.requests.points)
+        self.query_one("#ov-tps", Sparkline).data = chart(self.tokens.points)
+        self.query_one("#ov-rps", Sparkline).data = chart(self.requests.points)
         models = loaded if loaded is not None else health.get("models") or []
         rows = []
         for st in models:
@@ -91,3 +91,9 @@ class OverviewView(View):
             return await self.client.request("GET", "/health")
         except PermissionDeniedError:
             return {}
+
+
+def chart(points: Any) -> list[float]:
+    """A sparkline's data: nothing while all is zero (a flat line of zeros draws as full)."""
+    data = list(points)
+    return data if any(data) else []

@@ -88,7 +88,7 @@ class UsageView(View):
         periods = sorted(per)
         for idx, label in enumerate(("requests", "tokens", "cost")):
             series = [per[p][idx] for p in periods]
-            self.query_one(f"#usage-{label}", Sparkline).data = series
+            self.query_one(f"#usage-{label}", Sparkline).data = series if any(series) else []
             total = sum(series)
             shown = fmt.money(total) if label == "cost" else fmt.num(int(total))
             self.query_one(f"#usage-{label}-label", Label).update(f"{label} {shown}")

@@ -1,4 +1,5 @@
-"""A DataTable with a `/` filter above it and rows replaced only when they change."""
+"""A DataTable with a `/` filter above it, paged (PAGE rows at a time: 10k keys or a year of
+hourly usage stay responsive), whose rows are replaced only when they change."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -7,10 +8,14 @@ from typing import Any
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import DataTable, Input
+from textual.widgets import DataTable, Input, Label
 
 Row = tuple[str, Sequence[Any]]  # (row key, cells)
+
+#: rows shown at a time (DataTable builds every row it holds; paging keeps that bounded)
+PAGE = 500
 
 
 class FilterTable(Vertical):
@@ -22,7 +27,12 @@ class FilterTable(Vertical):
     FilterTable > Input.filter { display: none; height: 3; }
     FilterTable > Input.filter.open { display: block; }
     FilterTable > DataTable { height: 1fr; }
+    FilterTable > Label.pages { display: none; height: 1; color: $text-muted; }
+    FilterTable > Label.pages.paged { display: block; }
     """
+
+    BINDINGS = [Binding("greater_than_sign", "page(1)", "Next page", show=False),
+                Binding("less_than_sign", "page(-1)", "Previous page", show=False)]
 
     def __init__(self, columns: Sequence[str], *, id: str | None = None,
                  classes: str | None = None):
@@ -31,12 +41,14 @@ class FilterTable(Vertical):
         self.rows: list[Row] = []
         self._shown: list[Row] | None = None
         self.query_text = ""
+        self.page = 0
 
     def compose(self) -> ComposeResult:
         yield Input(placeholder="filter (esc closes)", classes="filter")
         table: DataTable = DataTable(cursor_type="row", zebra_stripes=True)
         table.add_columns(*self.columns)
         yield table
+        yield Label("", classes="pages")
 
     @property
     def table(self) -> DataTable:
@@ -64,6 +76,7 @@ class FilterTable(Vertical):
     def _filter_changed(self, event: Input.Changed) -> None:
         event.stop()
         self.query_text = event.value.strip().lower()
+        self.page = 0
         self._render_rows()
 
     @on(Input.Submitted, ".filter")
@@ -82,8 +95,21 @@ class FilterTable(Vertical):
         return [r for r in self.rows
                 if q in r[0].lower() or any(q in _plain(c).lower() for c in r[1])]
 
+    def action_page(self, by: int) -> None:
+        self.page += by
+        self._render_rows()
+
     def _render_rows(self) -> None:
-        shown = self.visible_rows()
+        matching = self.visible_rows()
+        pages = max(1, -(-len(matching) // PAGE))
+        self.page = min(max(0, self.page), pages - 1)
+        shown = matching[self.page * PAGE:(self.page + 1) * PAGE]
+        label = self.query_one(Label)
+        label.set_class(pages > 1, "paged")
+        if pages > 1:
+            first = self.page * PAGE
+            label.update(f"rows {first + 1}-{first + len(shown)} of {len(matching)}  "
+                         f"(page {self.page + 1}/{pages}: < and > turn pages)")
         if shown == self._shown:
             return  # nothing changed: no redraw (an idle dashboard stays idle)
         self._shown = shown
@@ -110,9 +136,12 @@ class FilterTable(Vertical):
         return None if key.value is None else str(key.value)
 
     def select(self, key: str) -> bool:
-        for i, (k, _) in enumerate(self._shown or []):
+        """Move the cursor to row `key` (turning to its page); False when not shown."""
+        for i, (k, _) in enumerate(self.visible_rows()):
             if k == key:
-                self.table.move_cursor(row=i)
+                self.page = i // PAGE
+                self._render_rows()
+                self.table.move_cursor(row=i % PAGE)
                 return True
         return False
 
