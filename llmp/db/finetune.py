@@ -19,7 +19,7 @@ FINAL = ("succeeded", "failed", "cancelled")
 def insert(db: Database, record: dict[str, Any], *, kind: str) -> dict:
     """Store a new job and queue it for the runner, in one transaction."""
     with _lock, db.atomic():
-        db["fine_tuning_jobs"].insert(record)
+        db.table("fine_tuning_jobs").insert(record)
         jobs_db.enqueue(db, record["id"], kind, at=float(record["created_at"]))
     return get(db, record["id"])  # type: ignore[return-value]
 
@@ -69,13 +69,13 @@ def transition(db: Database, job_id: str, status: str, *, allowed_from: Iterable
         for f in files:
             files_db.insert(db, f)
         if event is not None:
-            db["fine_tuning_events"].insert(event)
+            db.table("fine_tuning_events").insert(event)
     return True
 
 
 def add_event(db: Database, event: dict[str, Any]) -> None:
     with _lock:
-        db["fine_tuning_events"].insert(event)
+        db.table("fine_tuning_events").insert(event)
 
 
 def events(db: Database, job_id: str, *, after: str | None = None, limit: int = 20
@@ -96,9 +96,9 @@ def all_events(db: Database, job_id: str, *, type: str | None = None) -> list[di
 def add_checkpoint(db: Database, ckpt: dict[str, Any], event: dict[str, Any] | None = None
                    ) -> None:
     with _lock, db.atomic():
-        db["fine_tuning_checkpoints"].insert(ckpt, replace=True)
+        db.table("fine_tuning_checkpoints").insert(ckpt, replace=True)
         if event is not None:
-            db["fine_tuning_events"].insert(event)
+            db.table("fine_tuning_events").insert(event)
 
 
 def checkpoints(db: Database, job_id: str, *, after: str | None = None, limit: int = 10

@@ -18,7 +18,7 @@ STATES = ("queued", "running", "paused", "done")
 
 def enqueue(db: Database, job_id: str, kind: str, *, at: float) -> None:
     with _lock:
-        db["jobs"].insert({"id": job_id, "kind": kind, "state": "queued", "runner": None,
+        db.table("jobs").insert({"id": job_id, "kind": kind, "state": "queued", "runner": None,
                            "attempts": 0, "crashes": 0, "created_at": at, "updated_at": at},
                           replace=True)
 

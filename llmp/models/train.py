@@ -178,8 +178,9 @@ def train(cfg: dict) -> int:
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     elif device == "cuda":
-        model = model.to("cuda")
-    max_len = int(cfg.get("max_len") or getattr(model.config, "max_position_embeddings", 2048))
+        model = model.to("cuda")  # type: ignore[arg-type]  # transformers' stub for .to
+    max_len = int(cfg.get("max_len")
+                  or getattr(model.config, "max_position_embeddings", None) or 2048)
 
     def load(path: str | None, what: str) -> list[tuple[list[int], list[int]]]:
         if not path:
@@ -198,7 +199,8 @@ def train(cfg: dict) -> int:
                             f"modules {', '.join(cfg['targets'])}")
     seed = int(cfg["seed"])
     torch.manual_seed(seed)
-    lcfg = LoraConfig(r=int(cfg["rank"]), lora_alpha=float(cfg["alpha"]), target_modules=targets,
+    lcfg = LoraConfig(r=int(cfg["rank"]), lora_alpha=float(cfg["alpha"]),  # type: ignore[arg-type]
+                      target_modules=targets,
                       lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
     pm = get_peft_model(model, lcfg)
     dev = torch.device("cuda" if device == "cuda" else "cpu")
@@ -306,7 +308,7 @@ def train(cfg: dict) -> int:
         v_loss, v_acc = evaluate()
         path = out_dir / f"ckpt-step-{step}"
         tmp = out_dir / f".ckpt-step-{step}.part"
-        pm.save_pretrained(tmp, safe_serialization=True)
+        pm.save_pretrained(str(tmp), safe_serialization=True)
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "step": step, "epoch": epoch, "trained_tokens": trained_tokens},
                    tmp / "trainer_state.pt")
@@ -323,7 +325,7 @@ def train(cfg: dict) -> int:
                                                  name=cfg.get("name") or path.name))
         metrics = {"step": step, "train_loss": round(e_loss / max(1, e_n), 6),
                    "train_mean_token_accuracy": round(e_acc / max(1, e_n), 6)}
-        if v_loss is not None:
+        if v_loss is not None and v_acc is not None:
             metrics.update(valid_loss=round(v_loss, 6), valid_mean_token_accuracy=round(v_acc, 6),
                            full_valid_loss=round(v_loss, 6),
                            full_valid_mean_token_accuracy=round(v_acc, 6))

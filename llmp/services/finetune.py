@@ -51,6 +51,7 @@ import llmp
 from llmp.config import Settings
 from llmp.db import finetune as ft_db
 from llmp.db import models as db_models
+from llmp.db.lists import found
 from llmp.db.writer import write
 from llmp.errors import InvalidRequestError, LlmpError, NotFoundError
 from llmp.events import Bus
@@ -372,7 +373,7 @@ async def _finish(db: Database, job_id: str, status: str, *, allowed_from: tuple
                               **(changes or {})}, files=files or [],
                      event=_event(job_id, message, level=level))
     if ok and bus is not None:
-        row = ft_db.get(db, job_id)
+        row = found(ft_db.get(db, job_id))
         for name in WEBHOOKS.get(status, ()):
             bus.publish(name, to_api(row), key_id=row["owner_key_id"])  # type: ignore[arg-type]
     return bool(ok)
@@ -410,7 +411,7 @@ class FineTuneHandler:
         resume = last["path"] if last and last["path"] and Path(last["path"]).is_dir() else None
         msg = "Fine-tuning job started" if resume is None and ctx.attempt <= 1 else \
             (f"Fine-tuning job resumed from the checkpoint at step {last['step_number']}"
-             if resume else "Fine-tuning job restarted from the beginning")
+             if resume and last else "Fine-tuning job restarted from the beginning")
         await write(self.db, ft_db.transition, job_id, "running",
                     allowed_from=("queued", "running"),
                     changes={"started_at": row.get("started_at") or int(time.time()),
