@@ -419,3 +419,11 @@ def test_moderation_model_setting(gsrv):
         assert st == 200 and ok["model"] == "omni-moderation-latest"
     finally:
         gsrv.settings.moderation_model = old
+
+
+def test_cli_keys_create_moderate_input(gsrv, cli, monkeypatch):
+    monkeypatch.setenv("LLMP_URL", gsrv.url)
+    monkeypatch.setenv("LLMP_API_KEY", gsrv.admin_key)
+    r = cli("keys", "create", "guarded", "-p", "inference", "--moderate-input", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["moderate_input"] is True

@@ -79,6 +79,9 @@ def create(
     monthly_tokens: Annotated[Optional[int], typer.Option(metavar="N", help="Tokens per month.")] = None,
     expires: Annotated[Optional[str], typer.Option(
         metavar="DATE", help="Expiry, ISO date or time in UTC (e.g. 2027-01-31).")] = None,
+    moderate_input: Annotated[bool, typer.Option(
+        "--moderate-input", help="Check this key's chat/completion inputs with the guard "
+        "model first (flagged input: 400 content_policy_violation).")] = False,
     json_out: JsonOpt = False,
     url: UrlOpt = None,
     api_key: ApiKeyOpt = None,
@@ -97,6 +100,8 @@ def create(
                        "tokens_per_month": monthly_tokens}}
     if permission:
         body["permissions"] = permission
+    if moderate_input:
+        body["moderate_input"] = True
     with flags(name="NAME", permissions="--permission", tier="--tier", expires_at="--expires",
                **{"rate_limit.requests_per_minute": "--rpm",
                   "rate_limit.tokens_per_minute": "--tpm",
