@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -21,8 +21,20 @@ from llmp.engine.pool import ModelPool
 from llmp.events import Bus
 from llmp.server.metrics import Metrics
 from llmp.server.middleware import end_partial_bodies, on_prepare, request_context
-from llmp.server.state import (ADAPTERS, DB, EVENTS, IN_FLIGHT, LIMITER, METRICS, POOL,
-                               SETTINGS, SHUTDOWN, STARTED_AT, WRITER, Shutdown)
+from llmp.server.state import (
+    ADAPTERS,
+    DB,
+    EVENTS,
+    IN_FLIGHT,
+    LIMITER,
+    METRICS,
+    POOL,
+    SETTINGS,
+    SHUTDOWN,
+    STARTED_AT,
+    WRITER,
+    Shutdown,
+)
 from llmp.server.workers import workers
 from llmp.services.limits import Limiter
 from llmp.services.models import resolver

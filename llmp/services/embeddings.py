@@ -33,7 +33,6 @@ from llmp.errors import ContextLengthExceededError, InvalidRequestError
 from llmp.protocol.base import parse
 from llmp.protocol.embeddings import MAX_REQUEST_TOKENS, EmbeddingRequest
 
-
 #: inputs of at most this many characters in all are tokenized on the event loop (tens of
 #: microseconds); longer ones in a worker thread
 INLINE_TOKENIZE_CHARS = 4096
