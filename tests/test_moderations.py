@@ -427,3 +427,15 @@ def test_cli_keys_create_moderate_input(gsrv, cli, monkeypatch):
     r = cli("keys", "create", "guarded", "-p", "inference", "--moderate-input", "--json")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["moderate_input"] is True
+
+
+def test_thresholds_setting():
+    from llmp.config import Settings
+    from llmp.errors import ConfigError
+    from llmp.services.moderation import thresholds
+
+    t = thresholds(Settings(moderation_threshold=0.7,
+                            moderation_thresholds="violence=0.2, hate=0.9"))
+    assert t["violence"] == 0.2 and t["hate"] == 0.9 and t["sexual"] == 0.7
+    with pytest.raises(ConfigError):
+        thresholds(Settings(moderation_thresholds="violence=high"))

@@ -44,7 +44,7 @@ from llmp.config import Settings
 from llmp.db import models as db_models
 from llmp.engine.guard import OPENAI_CATEGORIES, GuardProfile, Verdict, profile
 from llmp.engine.types import GenerationRequest, Priority, SamplingParams, Usage
-from llmp.errors import ContextLengthExceededError, InvalidRequestError
+from llmp.errors import ConfigError, ContextLengthExceededError, InvalidRequestError
 from llmp.ids import random_base62
 from llmp.protocol.base import parse
 from llmp.protocol.embeddings import ModerationRequest
@@ -64,7 +64,11 @@ def thresholds(settings: Settings) -> dict[str, float]:
     for part in (settings.moderation_thresholds or "").split(","):
         name, sep, value = part.partition("=")
         if sep and name.strip() in out:
-            out[name.strip()] = float(value)
+            try:
+                out[name.strip()] = float(value)
+            except ValueError:
+                raise ConfigError(f"setting 'moderation_thresholds': {part.strip()!r} is not "
+                                  "CATEGORY=NUMBER") from None
     return out
 
 
