@@ -1,4 +1,6 @@
-"""The layer rules of DESIGN.md, checked on the source with `ast`:
+"""The layer rules of DESIGN.md. The import-linter contracts (pyproject.toml) check the whole
+tower; the `ast` checks below are the original, stricter-on-detail ones (function-level
+imports count; SQL stays in db/):
 the core (config, errors, ids, db, models, engine, services, client) never imports cli, server
 or tui; server and tui never import each other or cli."""
 from __future__ import annotations
@@ -87,3 +89,16 @@ def test_sql_lives_in_db():
             if call or table:
                 found.append(f"{f.relative_to(ROOT.parent)}:{node.lineno}")
     assert found == []
+
+
+
+def test_import_linter_contracts(capsys, monkeypatch):
+    """The import-linter contracts of pyproject.toml hold: the whole tower (cli > server | tui
+    > services | client > jobs > protocol > backends > engine | models > db > config | events
+    > errors | ids) and the TUI as an API client. scripts/lint.sh runs the same check."""
+    from importlinter import configuration
+    from importlinter.application.use_cases import lint_imports
+
+    configuration.configure()
+    monkeypatch.chdir(ROOT.parent)  # where pyproject.toml is
+    assert lint_imports(cache_dir=None, no_logo=True), capsys.readouterr().out
