@@ -67,3 +67,22 @@ def test_every_llama_cpp_type_is_known():
     assert set(quantize.BITS_PER_WEIGHT) == set(quantize.quant_types())
     assert quantize.parse_type("q4_k_m") == ("Q4_K_M", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M)
     assert quantize.NEEDS_IMATRIX <= set(quantize.quant_types())
+
+
+def test_precheck_run_register_are_separate_steps(tiny, llmp_home):
+    """precheck refuses before anything is written; run writes only the file; register adds
+    the registry row."""
+    from llmp.errors import InvalidRequestError
+
+    settings = load_settings()
+    db = open_home(settings)
+    with pytest.raises(InvalidRequestError):
+        quantize.precheck(db, settings, "tiny", "Q9_X")
+    plan = quantize.precheck(db, settings, "tiny", "q8_0", model_id="tiny:steps")
+    assert (plan.type, plan.new_id) == ("Q8_0", "tiny:steps")
+    assert 0 < plan.estimate < plan.size_before and not plan.out.exists()
+    seconds = quantize.run(plan, threads=1)
+    assert plan.out.is_file() and not plan.tmp.exists() and seconds >= 0
+    assert db_models.get(db, "tiny:steps") is None  # not registered yet
+    res = quantize.register(db, plan, seconds)
+    assert res.record["id"] == "tiny:steps" and res.record["quantization"] == "Q8_0"

@@ -107,16 +107,28 @@ def output_path(settings: Settings, model_id: str) -> Path:
     return settings.models_dir / "quantized" / f"{model_id.replace(':', '-')}.gguf"
 
 
-def quantize(db: Database, settings: Settings, id_or_alias: str, qtype: str, *,
-             model_id: str | None = None, allow_requantize: bool = False,
-             threads: int = 0,
-             progress: Callable[[int, int], None] | None = None) -> QuantizeResult:
-    """Quantize a registered model to `qtype` and register the result.
+@dataclass(frozen=True)
+class Plan:
+    """What `precheck` settled: the source, the target type and id, the paths and sizes."""
+    src: dict
+    src_quant: str
+    src_path: Path
+    type: str
+    ftype: int
+    new_id: str
+    out: Path
+    size_before: int
+    estimate: int  # bytes the output should take
 
-    `progress(bytes_written, estimated_total)` is called about ten times a second.
-    """
-    import llama_cpp
+    @property
+    def tmp(self) -> Path:
+        return self.out.with_name(self.out.name + ".part")
 
+
+def precheck(db: Database, settings: Settings, id_or_alias: str, qtype: str, *,
+             model_id: str | None = None, allow_requantize: bool = False) -> Plan:
+    """Everything that can refuse a quantization before it starts (type, precision policy,
+    the new id, the source file, free disk); nothing is written."""
     name, ftype = parse_type(qtype)
     src = registry.resolve(db, id_or_alias)
     src_quant = (src.get("quantization") or "F16").upper()
@@ -137,28 +149,35 @@ def quantize(db: Database, settings: Settings, id_or_alias: str, qtype: str, *,
     if not src_path.is_file():
         raise ModelError(f"{src['id']}: model file {src_path} is missing")
     size_before = int(src.get("size_bytes") or src_path.stat().st_size)
-    src_bpw = bits_per_weight(src_quant)
-    estimate = max(1, int(size_before * bits_per_weight(name) / src_bpw))
-
+    estimate = max(1, int(size_before * bits_per_weight(name) / bits_per_weight(src_quant)))
     out = output_path(settings, new_id)
     out.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(out.parent).free
     if free < estimate:
         raise ModelError(f"disk full: about {estimate >> 20} MB needed in {out.parent}, "
                          f"{free >> 20} MB free")
-    tmp = out.with_name(out.name + ".part")
+    return Plan(src=src, src_quant=src_quant, src_path=src_path, type=name, ftype=ftype,
+                new_id=new_id, out=out, size_before=size_before, estimate=estimate)
 
+
+def run(plan: Plan, *, threads: int,
+        progress: Callable[[int, int], None] | None = None) -> float:
+    """Quantize with llama.cpp into a temporary file, renamed to `plan.out` once complete;
+    returns the seconds it took. On any failure neither file is left."""
+    import llama_cpp
+
+    tmp, out = plan.tmp, plan.out
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
-    params.nthread = threads or settings.threads
-    # our precision check above is the policy; llama.cpp's own flag only gates touching
+    params.ftype = plan.ftype
+    params.nthread = threads
+    # our precision check (precheck) is the policy; llama.cpp's own flag only gates touching
     # already-quantized tensors at all
-    params.allow_requantize = src_quant not in UNQUANTIZED
+    params.allow_requantize = plan.src_quant not in UNQUANTIZED
     outcome: dict[str, int] = {}
 
     def work() -> None:
         outcome["rc"] = llama_cpp.llama_model_quantize(
-            str(src_path).encode(), str(tmp).encode(), ctypes.byref(params))
+            str(plan.src_path).encode(), str(tmp).encode(), ctypes.byref(params))
 
     start = time.monotonic()
     try:
@@ -168,7 +187,7 @@ def quantize(db: Database, settings: Settings, id_or_alias: str, qtype: str, *,
             while worker.is_alive():
                 worker.join(0.1)
                 if progress:
-                    progress(tmp.stat().st_size if tmp.exists() else 0, estimate)
+                    progress(tmp.stat().st_size if tmp.exists() else 0, plan.estimate)
         seconds = time.monotonic() - start
         if outcome.get("rc") != 0:
             free = shutil.disk_usage(out.parent).free
@@ -176,12 +195,10 @@ def quantize(db: Database, settings: Settings, id_or_alias: str, qtype: str, *,
                 raise ModelError(f"disk full while quantizing into {out.parent}")
             detail = next((ln for ln in reversed(log.errors) if "fail" in ln.lower()),
                           log.errors[-1] if log.errors else "no detail from llama.cpp")
-            raise ModelError(f"quantization to {name} failed: {detail}")
+            raise ModelError(f"quantization to {plan.type} failed: {detail}")
         if progress:
             progress(tmp.stat().st_size, tmp.stat().st_size)
         tmp.replace(out)
-        record = registry.register(db, out, model_id=new_id, provider=src.get("provider"),
-                                   source=f"quantize:{src['id']}", hf_source=src.get("hf_source"))
     except OSError as e:
         out.unlink(missing_ok=True)
         if e.errno == errno.ENOSPC:
@@ -192,5 +209,32 @@ def quantize(db: Database, settings: Settings, id_or_alias: str, qtype: str, *,
         raise
     finally:
         tmp.unlink(missing_ok=True)
-    return QuantizeResult(record=record, source_id=src["id"], type=name, seconds=seconds,
-                          size_before=size_before, size_after=int(record["size_bytes"]))
+    return seconds
+
+
+def register(db: Database, plan: Plan, seconds: float) -> QuantizeResult:
+    """Register the quantized file (it keeps the source's provider and hf_source); the file
+    is removed if that fails."""
+    src = plan.src
+    try:
+        record = registry.register(db, plan.out, model_id=plan.new_id,
+                                   provider=src.get("provider"), source=f"quantize:{src['id']}",
+                                   hf_source=src.get("hf_source"))
+    except BaseException:
+        plan.out.unlink(missing_ok=True)
+        raise
+    return QuantizeResult(record=record, source_id=src["id"], type=plan.type, seconds=seconds,
+                          size_before=plan.size_before, size_after=int(record["size_bytes"]))
+
+
+def quantize(db: Database, settings: Settings, id_or_alias: str, qtype: str, *,
+             model_id: str | None = None, allow_requantize: bool = False,
+             threads: int = 0,
+             progress: Callable[[int, int], None] | None = None) -> QuantizeResult:
+    """Quantize a registered model to `qtype` and register the result: `precheck`, `run`,
+    `register`. `progress(bytes_written, estimated_total)` is called about ten times a
+    second."""
+    plan = precheck(db, settings, id_or_alias, qtype, model_id=model_id,
+                    allow_requantize=allow_requantize)
+    seconds = run(plan, threads=threads or settings.threads, progress=progress)
+    return register(db, plan, seconds)
