@@ -276,6 +276,10 @@ async def _main_adapters(engine: Engine, levels: list[int], n_prompt: int, gen: 
 
 
 def bench(
+    what: Annotated[Optional[str], typer.Argument(
+        metavar="[finetune]", help="`finetune`: training tokens/s through the fine-tuning job "
+        "system of a running server against the same loop run directly (see `llmp finetune "
+        "bench`).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Registered model id/alias or a GGUF path.")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Synthesize a model of this preset (tiny, small, 1b, 8b).")] = None,
     concurrency: Annotated[str, typer.Option(help="Comma-separated concurrency levels.")] = "1,4,16,64",
@@ -304,6 +308,16 @@ def bench(
 
       llmp bench -m qwen2.5-0.5b-instruct:q4_k_m --no-baseline --json
     """
+    if what is not None:
+        if what != "finetune":
+            raise InvalidRequestError(f"unknown benchmark {what!r}; try `llmp bench finetune`")
+        if not model:
+            raise InvalidRequestError("`llmp bench finetune` needs --model (a model with a "
+                                      "Hugging Face source)", param="model")
+        from llmp.cli.finetune import bench_finetune
+
+        bench_finetune(model, json_out=json_)
+        return
     try:
         levels = sorted({int(x) for x in concurrency.split(",") if x.strip()})
     except ValueError:

@@ -257,3 +257,134 @@ def _action(verb: str):
 
 for _verb in ("cancel", "pause", "resume"):
     app.command(_verb)(_action(_verb))
+
+
+# -- benchmark -------------------------------------------------------------------------------------
+
+_WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
+          "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee "
+          "zulu").split()
+
+
+def bench_lines(n: int, seed: int = 0) -> bytes:
+    """`n` synthetic chat examples (a question and a 20-40 word answer), deterministic."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        q = " ".join(rng.choice(_WORDS) for _ in range(8))
+        a = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(20, 40)))
+        out.append(json.dumps({"messages": [{"role": "user", "content": f"{i}: {q}?"},
+                                            {"role": "assistant", "content": a}]}))
+    return ("\n".join(out) + "\n").encode()
+
+
+def _direct(hf_source: str, data: Path, epochs: int, batch: int, lr: float, seed: int,
+            rank: int, workdir: Path) -> dict:
+    """The same training loop run directly (the worker module in its own process, no server,
+    no job system): its `done` record and wall time."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    cfg = {"hf_source": hf_source, "base_gguf": None, "train_path": str(data),
+           "out_dir": str(workdir / "direct"), "n_epochs": epochs, "batch_size": batch,
+           "learning_rate": lr, "seed": seed, "rank": rank, "alpha": 2.0 * rank,
+           "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                       "down_proj"], "device": "auto",
+           "event_every": max(1, -(-examples_of(data) // batch) * epochs // 20)}
+    path = workdir / "direct.json"
+    path.write_text(json.dumps(cfg))
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "llmp.models.train", str(path)],
+                       capture_output=True, text=True, env={**os.environ,
+                                                            "TOKENIZERS_PARALLELISM": "false"})
+    wall = time.perf_counter() - t0
+    msgs = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")]
+    done = next((m for m in msgs if m["type"] == "done"), None)
+    if done is None:
+        err = next((m["message"] for m in msgs if m["type"] == "error"), p.stderr[-500:])
+        raise LlmpError(f"the direct training run failed: {err}")
+    last = [m for m in msgs if m["type"] == "metrics"]
+    return {**done, "wall": wall, "tokens_per_second": last[-1]["tokens_per_second"]
+            if last else None}
+
+
+def examples_of(path: Path) -> int:
+    return sum(1 for ln in path.read_bytes().splitlines() if ln.strip())
+
+
+def bench_finetune(model: str, examples: int = 64, epochs: int = 2, batch_size: int = 4,
+                   lr_multiplier: float = 1.0, rank: int = 8, json_out: bool = False) -> None:
+    """Training tokens/s through the job system (a running server) against the same training
+    loop run directly, on the same data, in one run."""
+    import tempfile
+
+    from llmp.services.finetune import BASE_LEARNING_RATE
+
+    client = api_client()
+    info = client.request("GET", f"/v1/models/{model}")
+    src = (info.get("details") or {}).get("hf_source")
+    if not src:
+        raise InvalidRequestError(f"{model} has no Hugging Face source", param="model")
+    with tempfile.TemporaryDirectory(prefix="llmp-bench-ft-") as tmp:
+        work = Path(tmp)
+        data = work / "train.jsonl"
+        data.write_bytes(bench_lines(examples))
+        fid = upload_file(client, data, "fine-tune")["id"]
+        t0 = time.time()
+        job = client.request("POST", "/v1/fine_tuning/jobs", json={
+            "model": model, "training_file": fid, "seed": 1, "lora": {"rank": rank},
+            "hyperparameters": {"n_epochs": epochs, "batch_size": batch_size,
+                                "learning_rate_multiplier": lr_multiplier}})
+        while job["status"] not in FINAL:
+            time.sleep(0.2)
+            job = client.request("GET", f"/v1/fine_tuning/jobs/{job['id']}")
+        job_wall = time.time() - t0
+        if job["status"] != "succeeded":
+            raise LlmpError(f"the job {job['id']} {job['status']}: {job.get('error')}")
+        ms = _metrics(client, job["id"])
+        job_tps = ms[-1]["tokens_per_second"] if ms else None
+        direct = _direct(src, data, epochs, batch_size, BASE_LEARNING_RATE * lr_multiplier, 1,
+                         rank, work)
+    direct_tps = direct["tokens_per_second"]
+    out = {"model": model, "examples": examples, "epochs": epochs, "batch_size": batch_size,
+           "trained_tokens": job["trained_tokens"],
+           "job": {"train_tokens_per_s": job_tps, "wall_s": round(job_wall, 2),
+                   "end_to_end_tokens_per_s": round(job["trained_tokens"] / job_wall, 1)},
+           "direct": {"train_tokens_per_s": round(direct_tps, 1) if direct_tps else None,
+                      "wall_s": round(direct["wall"], 2),
+                      "end_to_end_tokens_per_s": round(direct["trained_tokens"] / direct["wall"], 1)}}
+    if job_tps and direct_tps:
+        out["training_overhead_pct"] = round(100 * (1 - job_tps / direct_tps), 1)
+    out["end_to_end_overhead_pct"] = round(100 * (1 - direct["wall"] / job_wall), 1)
+    if json_out:
+        print_json(out)
+        return
+    t = Table(title=f"fine-tuning {model}: {examples} examples x {epochs} epochs, batch "
+              f"{batch_size}, LoRA rank {rank}")
+    for c in ("", "training tok/s", "wall s", "end-to-end tok/s"):
+        t.add_column(c, justify="right")
+    for name in ("job", "direct"):
+        r = out[name]
+        t.add_row(name, str(r["train_tokens_per_s"]), str(r["wall_s"]),
+                  str(r["end_to_end_tokens_per_s"]))
+    console.print(t)
+    console.print(f"job system overhead: training {out.get('training_overhead_pct')}%, end to "
+                  f"end {out['end_to_end_overhead_pct']}% (start, validation, GGUF conversion, "
+                  "registration)")
+
+
+@app.command("bench")
+def bench(model: Annotated[str, typer.Option("--model", "-m", help="A model with a Hugging "
+                                             "Face source.")],
+          examples: Annotated[int, typer.Option(help="Synthetic examples.")] = 64,
+          epochs: Annotated[int, typer.Option()] = 2,
+          batch_size: Annotated[int, typer.Option()] = 4,
+          rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+          json_out: JsonOpt = False, url: UrlOpt = None, api_key: ApiKeyOpt = None) -> None:
+    """Training tokens/s through the job system against the same loop run directly."""
+    bench_finetune(model, examples, epochs, batch_size, rank=rank, json_out=json_out)
