@@ -152,8 +152,9 @@ def test_fine_tuned_model_learns_the_code_word(ft):
         status, _, body = ft.request("GET", "/v1/fine_tuning/jobs?metadata[team]=b")
         assert body["data"] == [] and body["has_more"] is False
         # bitsandbytes is never imported on CPU (the worker says so)
-        log = (Path(ft.settings.home) / "fine_tuning" / job.id / "config.json")
-        assert log.exists()
+        trained = next(e for e in events if e.message.startswith("Trained "))
+        assert trained.data["bitsandbytes_imported"] is False
+        assert trained.data["trained_tokens"] == job.trained_tokens
         deleted = client.models.delete(job.fine_tuned_model)
         assert deleted.deleted
         with pytest.raises(openai.NotFoundError):
@@ -219,6 +220,11 @@ def test_cancel_mid_run_and_another_key_sees_nothing(ft):
     with pytest.raises(openai.PermissionDeniedError):
         no_perm.fine_tuning.jobs.list()
     wait_event(client, job.id, "Training ")  # the worker is training
+    # training never blocks inference: the server answers while the worker runs
+    t0 = time.monotonic()
+    r = client.chat.completions.create(model="tl", messages=ASK, max_tokens=4)
+    assert r.choices[0].message is not None and time.monotonic() - t0 < 10
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "running"
     from llmp.server.routes.fine_tuning import HANDLER
 
     proc = ft.app[HANDLER].procs[job.id]

@@ -117,6 +117,11 @@ def main(config_path: str) -> int:
     os.dup2(2, 1)  # anything a library prints goes to the log, not the protocol
     sys.stdout = sys.stderr
     cfg = json.loads(Path(config_path).read_text())
+    if cfg.get("nice"):
+        try:  # training yields the CPU to the server's inference
+            os.nice(int(cfg["nice"]))
+        except OSError:
+            pass
     try:
         return train(cfg)
     except TrainingError as e:

@@ -72,6 +72,8 @@ MIN_EXAMPLES = 10
 MAX_REPORTED_ERRORS = 20
 #: the learning rate a multiplier of 1 ("auto") means (LoRA's usual)
 BASE_LEARNING_RATE = 2e-4
+#: the worker's niceness on CPU: training yields the cores to inference
+WORKER_NICE = 10
 CANCEL_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this long (cancel within 5 s)
 FINAL = ft_db.FINAL
 WEBHOOKS = {"succeeded": ("fine_tuning.job.succeeded", "fine_tuning.job.completed"),
@@ -531,7 +533,8 @@ class FineTuneHandler:
             "event_every": self.event_every or max(1, total // 20),
             "max_len": base.get("context_length") or None, "device": self.device,
             "threads": max(1, min(4, self.settings.threads)),
-            "name": row["fine_tuned_model"] or row["id"]}
+            "name": row["fine_tuned_model"] or row["id"],
+            "nice": WORKER_NICE if self.device != "cuda" else 0}
 
     async def _kill(self, proc: asyncio.subprocess.Process) -> None:
         """SIGTERM the worker's process group, SIGKILL it after CANCEL_GRACE_S."""
@@ -653,6 +656,10 @@ class FineTuneHandler:
         f = self.store.record(up, owner=row["owner_key_id"], filename=f"{job_id}_results.csv",
                               purpose="fine-tune-results")
         tokens = int(done.get("trained_tokens") or 0)
+        await write(self.db, ft_db.add_event, _event(
+            job_id, f"Trained {tokens} tokens in {done.get('steps')} steps "
+            f"({done.get('seconds')} s)", data={k: done.get(k) for k in (
+                "trained_tokens", "steps", "seconds", "bitsandbytes_imported")}))
         usage = usage_service.usage_row(self.db, row["owner_key_id"], row["model"], ENDPOINT,
                                         prompt_tokens=tokens, request_id=job_id)
         priced = db_models.get(self.db, row["model"]) or base
