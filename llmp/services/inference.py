@@ -129,9 +129,11 @@ async def _merge(streams: list[AsyncGenerator[Delta, None]]
 # ----------------------------------------------------------------------------- the call
 @dataclass
 class Call:
-    """A validated request, ready to run once (non-streaming) or stream."""
+    """A validated request, ready to run once (non-streaming) or stream. What is common to
+    chat and text completions lives here (running, accounting, chunk framing); what differs
+    is its `strategy` (ChatStrategy, CompletionStrategy)."""
 
-    kind: str  # "chat" | "completion"
+    kind: str  # "chat" | "completion": picks the call's Strategy (STRATEGIES)
     engine: Any
     model: str
     requests: list[GenerationRequest]  # one per choice
@@ -160,9 +162,13 @@ class Call:
     _offsets: list[int] = field(default_factory=list, init=False, repr=False)  # text_offset
     _text_templates: dict[int, tuple[str, str]] = field(default_factory=dict, init=False,
                                                         repr=False)  # see `_text_chunk`
+    strategy: Strategy = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.id = self.id or new_id("chatcmpl" if self.kind == "chat" else "cmpl")
+        if self.kind not in STRATEGIES:
+            raise ValueError(f"unknown call kind {self.kind!r}")
+        self.strategy = STRATEGIES[self.kind]
+        self.id = self.id or new_id(self.strategy.id_prefix)
         self.created = self.created or int(time.time())
         self.usage = Usage(prompt_tokens=self.prompt_tokens)
 
@@ -198,11 +204,7 @@ class Call:
         beside `usage` (OpenAI's schema allows keys it does not list; the openai client keeps
         it in `model_extra`)."""
         elapsed = round((time.perf_counter() - self.started) * 1000)
-        meta = {"request_id": self.request_id, "model_version": self.model_version or self.model}
-        if self.kind == "chat":
-            return {"metadata": meta, "processing_time_ms": elapsed}
-        return {"metadata": {"request_id": self.request_id, "processing_time_ms": elapsed,
-                             "model_version": meta["model_version"]}}
+        return self.strategy.metadata(self, self.model_version or self.model, elapsed)
 
     def _account(self, d: Delta) -> None:
         if d.ttft is not None and self.ttft is None:
@@ -237,8 +239,7 @@ class Call:
                 reasons[i] = d.finish_reason
         choices = [self._choice(i, texts[i], lps[i], reasons[i], prompts[i])
                    for i in range(len(texts))]
-        obj = "chat.completion" if self.kind == "chat" else "text_completion"
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+        return {"id": self.id, "object": self.strategy.object, "created": self.created, "model": self.model,
                 "system_fingerprint": SYSTEM_FINGERPRINT, "choices": choices,
                 "usage": _usage_dict(self.usage), **self.metadata()}
 
@@ -259,37 +260,8 @@ class Call:
 
     def _choice(self, i: int, text: str, lps: list[TokenLogprob], reason: str,
                 prompt: list[TextEntry] | None = None) -> dict:
-        if self.kind == "completion":
-            prefix = self.echo_texts[i] if self.echo_texts else ""
-            logprobs = None
-            if self.want_logprobs:  # with the echoed prompt's own tokens first, when read
-                logprobs = _logprobs_text(lps, 0, prompt) if prompt is not None else \
-                    _logprobs_text(lps, len(prefix))
-            return {"text": prefix + text, "index": i, "logprobs": logprobs,
-                    "finish_reason": reason}
-        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
-        if self.tool_family:
-            # the content is what feed() let through (text before, between and after the
-            # calls) plus what finish() returns: exactly what the stream's deltas carry
-            parser = self._parser()
-            content, _ = parser.feed(text)
-            rest, calls = parser.finish(truncated=reason == "length")
-            content += rest
-            message["content"] = content if content or not calls else None
-            if calls:  # a call cut by max_tokens keeps finish_reason "length"
-                reason = reason if parser.partial else "tool_calls"
-                message["tool_calls"] = [
-                    {"id": c.id, "type": "function",
-                     "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
-        if self.legacy_functions:  # the spec's shape: function_call (null when none)
-            tc = message.pop("tool_calls", None)
-            message["function_call"] = tc[0]["function"] if tc else None
-            if tc and reason == "tool_calls":
-                reason = "function_call"
-        return {"index": i, "message": message,
-                "logprobs": {"content": _logprobs_chat(lps), "refusal": None}
-                if self.want_logprobs else None,
-                "finish_reason": reason}
+        """One choice of a non-streamed body."""
+        return self.strategy.choice(self, i, text, lps, reason, prompt)
 
     def _parser(self) -> ToolCallParser:
         return ToolCallParser(self.tool_family or "hermes", **self.tool_parsing)
@@ -298,8 +270,7 @@ class Call:
     def _chunk(self, choices: list[dict]) -> dict:
         """A stream chunk. With stream_options.include_usage every chunk carries `usage`:
         null in all but the last (which has no choices), as OpenAI streams it."""
-        obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
-        out = {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+        out = {"id": self.id, "object": self.strategy.chunk_object, "created": self.created, "model": self.model,
                "system_fingerprint": SYSTEM_FINGERPRINT, "choices": choices}
         if self.include_usage:
             out["usage"] = None
@@ -319,8 +290,7 @@ class Call:
         part encoded per token (the same bytes as `_chunk_json`)."""
         template = self._text_templates.get(i)
         if template is None:
-            choice = {"text": _TEXT_SLOT, "index": i} if self.kind == "completion" else \
-                {"index": i, "delta": {"content": _TEXT_SLOT}}
+            choice = self.strategy.text_choice(i, _TEXT_SLOT)
             before, after = self._chunk_json([{**choice, "logprobs": None, "finish_reason": None}]
                                              ).split(to_json(_TEXT_SLOT))
             template = self._text_templates[i] = (before, after)
@@ -357,42 +327,96 @@ class Call:
         self._account(d)
         if d.finish_reason is None and not self.want_logprobs and parsers[i] is None:
             return [self._text_chunk(i, d.text)] if d.text else []
-        if self.kind == "chat":
-            return [self._chunk_json([c]) for c in self._chat_choices(i, d, parsers[i], n_calls)]
-        out = []
-        if self.want_logprobs and not self._offsets:
-            self._offsets = [len(t) for t in self.echo_texts] or [0] * len(self.requests)
-        if d.prompt_logprobs is not None and self.echo_texts:
-            # the echoed prompt with its own tokens' logprobs, before this choice's first text
-            prompt = self._prompt_entries(d)
-            out.append(self._chunk_json([{"text": self.echo_texts[i], "index": i,
-                                          "logprobs": _logprobs_text([], 0, prompt),
-                                          "finish_reason": None}]))
-            self._offsets[i] = sum(len(e[0]) for e in prompt)
-        if not (d.text or d.finish_reason or (self.want_logprobs and d.logprobs)):
-            return out
-        logprobs = None
-        if self.want_logprobs:  # text_offset runs on over the choice's text (echo included)
-            logprobs = _logprobs_text(d.logprobs or [], self._offsets[i])
-            self._offsets[i] += sum(len(t.token) for t in d.logprobs or [])
-        out.append(self._chunk_json([{"text": d.text, "index": i, "logprobs": logprobs,
-                                      "finish_reason": d.finish_reason}]))
-        return out
+        return self.strategy.rich_chunks(self, i, d, parsers, n_calls)
 
     def _opening(self) -> list[str]:
-        """The chunks before the first token: the assistant role (chat), or the echoed prompt."""
-        n = len(self.requests)
-        if self.kind == "chat":
-            return [self._chunk_json([{"index": i, "delta": {"role": "assistant", "content": ""},
-                                       "logprobs": None, "finish_reason": None}
-                                      for i in range(n)])]
-        if self.echo_texts and not any(r.prompt_logprobs is not None for r in self.requests):
-            return [self._chunk_json([{"text": self.echo_texts[i], "index": i, "logprobs": None,
-                                       "finish_reason": None} for i in range(n)])]
-        return []  # (an echo with the prompt's logprobs comes with each choice's first delta)
+        """The chunks before the first token (see the strategies)."""
+        return self.strategy.opening(self)
 
-    def _chat_choices(self, i: int, d: Delta, parser: ToolCallParser | None,
-                      n_calls: list[int]) -> list[dict]:
+
+# ----------------------------------------------------------------------------- strategies
+class Strategy:
+    """What differs between a chat completion and a text completion: the shape of ids,
+    objects, choices, stream chunks and metadata. A `Call` holds one (`STRATEGIES[kind]`);
+    the strategies are stateless, the call's state is passed in."""
+
+    id_prefix = ""
+    object = ""
+    chunk_object = ""
+
+    def metadata(self, call: Call, model_version: str, elapsed: int) -> dict:
+        raise NotImplementedError
+
+    def choice(self, call: Call, i: int, text: str, lps: list[TokenLogprob], reason: str,
+               prompt: list[TextEntry] | None) -> dict:
+        raise NotImplementedError
+
+    def text_choice(self, i: int, text: str) -> dict:
+        """The choice of a chunk that carries only text (the per-token template)."""
+        raise NotImplementedError
+
+    def rich_chunks(self, call: Call, i: int, d: Delta,
+                    parsers: list[ToolCallParser | None], n_calls: list[int]) -> list[str]:
+        """The chunks of a delta that is more than text (finish, logprobs, tool calls)."""
+        raise NotImplementedError
+
+    def opening(self, call: Call) -> list[str]:
+        """The chunks before the first token."""
+        raise NotImplementedError
+
+
+class ChatStrategy(Strategy):
+    """/v1/chat/completions: messages, tool and legacy function calls."""
+
+    id_prefix = "chatcmpl"
+    object = "chat.completion"
+    chunk_object = "chat.completion.chunk"
+
+    def metadata(self, call: Call, model_version: str, elapsed: int) -> dict:
+        # OpenAI's chat schema types `metadata` as a map of strings: the number goes beside it
+        return {"metadata": {"request_id": call.request_id, "model_version": model_version},
+                "processing_time_ms": elapsed}
+
+    def choice(self, call: Call, i: int, text: str, lps: list[TokenLogprob], reason: str,
+               prompt: list[TextEntry] | None) -> dict:
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        if call.tool_family:
+            # the content is what feed() let through (text before, between and after the
+            # calls) plus what finish() returns: exactly what the stream's deltas carry
+            parser = call._parser()
+            content, _ = parser.feed(text)
+            rest, calls = parser.finish(truncated=reason == "length")
+            content += rest
+            message["content"] = content if content or not calls else None
+            if calls:  # a call cut by max_tokens keeps finish_reason "length"
+                reason = reason if parser.partial else "tool_calls"
+                message["tool_calls"] = [
+                    {"id": c.id, "type": "function",
+                     "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+        if call.legacy_functions:  # the spec's shape: function_call (null when none)
+            tc = message.pop("tool_calls", None)
+            message["function_call"] = tc[0]["function"] if tc else None
+            if tc and reason == "tool_calls":
+                reason = "function_call"
+        return {"index": i, "message": message,
+                "logprobs": {"content": _logprobs_chat(lps), "refusal": None}
+                if call.want_logprobs else None,
+                "finish_reason": reason}
+
+    def text_choice(self, i: int, text: str) -> dict:
+        return {"index": i, "delta": {"content": text}}
+
+    def rich_chunks(self, call: Call, i: int, d: Delta,
+                    parsers: list[ToolCallParser | None], n_calls: list[int]) -> list[str]:
+        return [call._chunk_json([c]) for c in self._choices(call, i, d, parsers[i], n_calls)]
+
+    def opening(self, call: Call) -> list[str]:
+        return [call._chunk_json([{"index": i, "delta": {"role": "assistant", "content": ""},
+                                   "logprobs": None, "finish_reason": None}
+                                  for i in range(len(call.requests))])]
+
+    def _choices(self, call: Call, i: int, d: Delta, parser: ToolCallParser | None,
+                 n_calls: list[int]) -> list[dict]:
         """The `choices[0]` of each chunk for one delta: content, tool calls, finish."""
         out = []
         text, calls = d.text, list[Any]()
@@ -403,19 +427,19 @@ class Call:
                 text += rest
                 calls += self._final_calls(parser, n_calls[i] + len(calls))
         n_calls[i] += len(calls)
-        if text or (self.want_logprobs and d.logprobs):
+        if text or (call.want_logprobs and d.logprobs):
             out.append({"index": i, "delta": {"content": text},
                         "logprobs": {"content": _logprobs_chat(d.logprobs or []), "refusal": None}
-                        if self.want_logprobs else None,
+                        if call.want_logprobs else None,
                         "finish_reason": None})
         for c in calls:
-            delta = {"function_call": c["function"]} if self.legacy_functions else \
+            delta = {"function_call": c["function"]} if call.legacy_functions else \
                 {"tool_calls": [c]}
             out.append({"index": i, "delta": delta, "logprobs": None, "finish_reason": None})
         if d.finish_reason is not None:
             reason = d.finish_reason
             if n_calls[i] and not (parser is not None and parser.partial):
-                reason = "function_call" if self.legacy_functions else "tool_calls"
+                reason = "function_call" if call.legacy_functions else "tool_calls"
             out.append({"index": i, "delta": {}, "logprobs": None, "finish_reason": reason})
         return out
 
@@ -425,6 +449,63 @@ class Call:
         return [{"index": k, "id": c.id, "type": "function",
                  "function": {"name": c.name, "arguments": c.arguments}}
                 for k, c in enumerate(parser.calls) if k >= already]
+
+
+class CompletionStrategy(Strategy):
+    """/v1/completions: text choices, echo, text logprobs with running text_offset."""
+
+    id_prefix = "cmpl"
+    object = "text_completion"
+    chunk_object = "text_completion"
+
+    def metadata(self, call: Call, model_version: str, elapsed: int) -> dict:
+        return {"metadata": {"request_id": call.request_id, "processing_time_ms": elapsed,
+                             "model_version": model_version}}
+
+    def choice(self, call: Call, i: int, text: str, lps: list[TokenLogprob], reason: str,
+               prompt: list[TextEntry] | None) -> dict:
+        prefix = call.echo_texts[i] if call.echo_texts else ""
+        logprobs = None
+        if call.want_logprobs:  # with the echoed prompt's own tokens first, when read
+            logprobs = _logprobs_text(lps, 0, prompt) if prompt is not None else \
+                _logprobs_text(lps, len(prefix))
+        return {"text": prefix + text, "index": i, "logprobs": logprobs,
+                "finish_reason": reason}
+
+    def text_choice(self, i: int, text: str) -> dict:
+        return {"text": text, "index": i}
+
+    def rich_chunks(self, call: Call, i: int, d: Delta,
+                    parsers: list[ToolCallParser | None], n_calls: list[int]) -> list[str]:
+        out = []
+        if call.want_logprobs and not call._offsets:
+            call._offsets = [len(t) for t in call.echo_texts] or [0] * len(call.requests)
+        if d.prompt_logprobs is not None and call.echo_texts:
+            # the echoed prompt with its own tokens' logprobs, before this choice's first text
+            prompt = call._prompt_entries(d)
+            out.append(call._chunk_json([{"text": call.echo_texts[i], "index": i,
+                                          "logprobs": _logprobs_text([], 0, prompt),
+                                          "finish_reason": None}]))
+            call._offsets[i] = sum(len(e[0]) for e in prompt)
+        if not (d.text or d.finish_reason or (call.want_logprobs and d.logprobs)):
+            return out
+        logprobs = None
+        if call.want_logprobs:  # text_offset runs on over the choice's text (echo included)
+            logprobs = _logprobs_text(d.logprobs or [], call._offsets[i])
+            call._offsets[i] += sum(len(t.token) for t in d.logprobs or [])
+        out.append(call._chunk_json([{"text": d.text, "index": i, "logprobs": logprobs,
+                                      "finish_reason": d.finish_reason}]))
+        return out
+
+    def opening(self, call: Call) -> list[str]:
+        n = len(call.requests)
+        if call.echo_texts and not any(r.prompt_logprobs is not None for r in call.requests):
+            return [call._chunk_json([{"text": call.echo_texts[i], "index": i, "logprobs": None,
+                                       "finish_reason": None} for i in range(n)])]
+        return []  # (an echo with the prompt's logprobs comes with each choice's first delta)
+
+
+STRATEGIES: dict[str, Strategy] = {"chat": ChatStrategy(), "completion": CompletionStrategy()}
 
 
 # ----------------------------------------------------------------------------- prepare
