@@ -349,7 +349,13 @@ def test_kill_9_mid_job_then_restart_resumes_from_the_checkpoint(cli, llmp_home,
         assert any("resumed from the checkpoint at step" in m for m in msgs), msgs
         steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(
             job.id, limit=100).data]
-        assert steps[0] == 100 and len(steps) == len(set(steps)) == 20
+        assert steps == [100, 95, 90]  # the last three are kept
+        home = llmp_home / "fine_tuning" / job.id
+        assert sorted(p.name for p in home.glob("ckpt-*")) == [
+            "ckpt-step-100", "ckpt-step-90", "ckpt-step-95"]
+        served = {m.id for m in client.models.list()}
+        assert job.fine_tuned_model + ":ckpt-step-95" in served
+        assert job.fine_tuned_model + ":ckpt-step-85" not in served
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)

@@ -107,6 +107,17 @@ def checkpoints(db: Database, job_id: str, *, after: str | None = None, limit: i
                     limit=limit, order="desc")
 
 
+def all_checkpoints(db: Database, job_id: str) -> list[dict]:
+    """Newest first."""
+    return list(db.query("select * from fine_tuning_checkpoints where job_id = ? "
+                         "order by step_number desc", [job_id]))
+
+
+def delete_checkpoint(db: Database, ckpt_id: str) -> None:
+    with _lock:
+        db.execute("delete from fine_tuning_checkpoints where id = ?", [ckpt_id])
+
+
 def last_checkpoint(db: Database, job_id: str) -> dict | None:
     rows = list(db.query("select * from fine_tuning_checkpoints where job_id = ? "
                          "order by step_number desc limit 1", [job_id]))

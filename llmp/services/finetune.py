@@ -14,7 +14,8 @@ that fails those checks is never stored. Valid jobs are rows run by the durable 
 (`python -m llmp.models.train`, transformers + peft), turns its stdout into events,
 checkpoints and the job's status, and on success registers the adapter (converted to GGUF by
 the worker) as the model `ft:<base>:<owner>:<suffix>:<job id>`, served at once on the base.
-Each epoch's checkpoint is a model too (`<that name>:ckpt-step-N`).
+Each epoch's checkpoint is a model too (`<that name>:ckpt-step-N`); the last
+KEEP_CHECKPOINTS are kept.
 
 Cancel stops the worker within CANCEL_GRACE_S (SIGTERM, then SIGKILL); pause stops it and a
 resume continues from the last checkpoint; a server stopped cleanly queues the running job
@@ -72,6 +73,9 @@ MIN_EXAMPLES = 10
 MAX_REPORTED_ERRORS = 20
 #: the learning rate a multiplier of 1 ("auto") means (LoRA's usual)
 BASE_LEARNING_RATE = 2e-4
+#: checkpoints kept per job (as OpenAI: the last three epochs); older ones, their files and
+#: their served models are removed
+KEEP_CHECKPOINTS = 3
 #: the worker's niceness on CPU: training yields the cores to inference
 WORKER_NICE = 10
 CANCEL_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this long (cancel within 5 s)
@@ -631,6 +635,17 @@ class FineTuneHandler:
                                                  if m.get("valid_loss") is not None else "")
         await write(self.db, ft_db.add_checkpoint, ckpt,
                     _event(job_id, text, type="metrics", data={"checkpoint": ckpt["id"], **m}))
+        for old in ft_db.all_checkpoints(self.db, job_id)[KEEP_CHECKPOINTS:]:
+            await self._drop_checkpoint(old)
+
+    async def _drop_checkpoint(self, ckpt: dict) -> None:
+        name = ckpt["fine_tuned_model_checkpoint"]
+        if name and db_models.get(self.db, name) is not None:
+            with contextlib.suppress(LlmpError):
+                await write(self.db, registry.remove, self.settings, name)
+        await write(self.db, ft_db.delete_checkpoint, ckpt["id"])
+        if ckpt.get("path"):
+            await asyncio.to_thread(shutil.rmtree, ckpt["path"], True)
 
     async def _succeed(self, row: dict, base: dict, done: dict) -> None:
         job_id = row["id"]
