@@ -186,6 +186,13 @@ def test_invalid_files_are_refused_with_line_numbers_and_nothing_queued(ft):
     with pytest.raises(openai.BadRequestError) as e:
         client.fine_tuning.jobs.create(model="tl", training_file=upload(client, good[:9]))
     assert "at least 10" in e.value.body["message"]
+    long = list(good)
+    long[3] = {"messages": [{"role": "user", "content": "hello " * 600},
+                            {"role": "assistant", "content": "x"}]}
+    with pytest.raises(openai.BadRequestError) as e:  # longer than the context (512)
+        client.fine_tuning.jobs.create(model="tl", training_file=upload(client, long))
+    assert "line 4: about" in e.value.body["message"] and "context of 512" in \
+        e.value.body["message"]
     with pytest.raises(openai.BadRequestError) as e:  # no Hugging Face source
         client.fine_tuning.jobs.create(model="tiny", training_file=upload(client, good))
     assert e.value.body["code"] == "model_not_trainable"

@@ -136,6 +136,44 @@ def validate_training_file(lines: Any, *, param: str = "training_file",
     return count
 
 
+#: tokens a chat template adds per message (role markers), in the length estimate
+TEMPLATE_TOKENS_PER_MESSAGE = 8
+
+
+def check_lengths(base: dict, path: Path, context: int, param: str) -> None:
+    """Report the examples longer than the model's context, estimated with the base's own
+    tokenizer (tokenizer.json of a local Hugging Face source: its messages' tokens plus
+    TEMPLATE_TOKENS_PER_MESSAGE each). Skipped when that tokenizer is not on this machine;
+    the worker checks the exact rendered length anyway."""
+    src = Path(str(base.get("hf_source") or "")).expanduser()
+    tj = src / "tokenizer.json"
+    if not tj.is_file():
+        return
+    try:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(tj))
+    except Exception:  # noqa: BLE001 - an estimate only
+        return
+    errors = []
+    for n, raw in enumerate(_lines(path), 1):
+        if not raw.strip():
+            continue
+        msgs = json.loads(raw)["messages"]
+        texts = [m.get("content") if isinstance(m.get("content"), str)
+                 else json.dumps(m.get("content") or m.get("tool_calls") or "") for m in msgs]
+        size = sum(len(t) for t in tok.encode_batch(texts, add_special_tokens=False)) \
+            + TEMPLATE_TOKENS_PER_MESSAGE * len(msgs)
+        if size > context:
+            errors.append(f"line {n}: about {size} tokens, more than the model's context of "
+                          f"{context}")
+            if len(errors) >= MAX_REPORTED_ERRORS:
+                break
+    if errors:
+        raise InvalidRequestError(f"Invalid {param.replace('_', ' ')}: " + "; ".join(errors),
+                                  param=param, code=f"invalid_{param}")
+
+
 def resolve_hyperparameters(req: CreateFineTuningJobRequest, n_examples: int) -> dict:
     """"auto" turned into values from the dataset's size."""
     hp = req.resolved_hyperparameters()
@@ -243,6 +281,11 @@ class FineTuning:
         if valid is not None:
             await asyncio.to_thread(lambda: validate_training_file(
                 _lines(valid), param="validation_file", min_examples=1))
+        ctx = int(base.get("context_length") or 0)
+        if ctx:
+            await asyncio.to_thread(check_lengths, base, train, ctx, "training_file")
+            if valid is not None:
+                await asyncio.to_thread(check_lengths, base, valid, ctx, "validation_file")
         hp = resolve_hyperparameters(req, n)
         lo = req.lora_options()
         lora = {"rank": int(lo.rank), "alpha": float(lo.alpha or 2 * lo.rank),
