@@ -70,7 +70,7 @@ def test_services_import_no_cycle():
     """limits no longer imports webhooks: the keys -> limits -> webhooks -> keys cycle is gone,
     and no other cycle runs through the services (imports inside functions count too)."""
     graph = {}
-    for f in sorted((ROOT / "services").glob("*.py")):
+    for f in sorted((ROOT / "services").rglob("*.py")):
         mod = _module(f).removesuffix(".__init__")
         graph[mod] = {m for _, m in _imports(f.read_text(), _module(f))
                       if m.startswith("llmp.services.")}

@@ -1,39 +1,14 @@
-"""Batches (/v1/batches): OpenAI's Batch API on the local engine.
-
-Life cycle (each status sets its `<status>_at` timestamp):
-
-    validating -> in_progress -> finalizing -> completed | expired
-    validating -> failed                       (the input file has invalid lines)
-    validating | in_progress -> cancelling -> cancelled
-
-Every input line is checked before anything runs (`validate_lines`: JSON, a unique custom_id,
-method POST, url equal to the batch's endpoint, a valid body, a known model, at most 50,000
-lines); one bad line fails the batch with `errors: {object: "list", data: [{code, message,
-line, param}]}`. Valid lines become `batch_lines` rows, and the `BatchRunner` executes them
-through `llmp.services.inference` at `Priority.BATCH` (interactive requests go first), as many
-at a time as the model has slots. Each result is persisted the moment it is known, and a line
-is answered only while it is pending, so a server killed mid-batch resumes on restart without
-losing or repeating a line. At finalize the output file (successes) and the error file
-(failures, expired and cancelled lines) are written from those rows in input order and
-registered as `batch_output` files.
-
-`completion_window`: OpenAI accepts only "24h". llmp also accepts any other duration written
-`<n>s|m|h|d` up to 7 days (e.g. "1h", or "30s" to see expiry happen): past the window the
-finished lines are kept and the unfinished ones are reported expired (status `expired`).
-`request_counts.failed` counts failed, expired and cancelled lines alike (all of them are in
-the error file), so completed + failed = total once the batch is finished.
-"""
+"""The batch runner: drives every active batch of a home (as jobs of the durable job
+runner), line by line, through the engine at batch priority."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
@@ -48,7 +23,6 @@ from llmp.db.writer import write
 from llmp.engine.types import Priority
 from llmp.errors import (
     AuthenticationError,
-    InvalidRequestError,
     LlmpError,
     NotFoundError,
     PermissionDeniedError,
@@ -60,32 +34,22 @@ from llmp.events import Bus
 from llmp.ids import new_id
 from llmp.jobs import JobContext, JobRunner
 from llmp.logs import event
-from llmp.protocol.base import RequestModel, parse, parse_json
-from llmp.protocol.resources import (
-    BATCH_ENDPOINTS,
-    ChatLineShape,
-    CompletionLineShape,
-    CreateBatchRequest,
-    EmbeddingLineShape,
-    ModerationLineShape,
-)
 from llmp.services import embeddings, inference, moderation
 from llmp.services import keys as keys_service
 from llmp.services import usage as usage_service
+from llmp.services.batches.api import ACTIVE, to_api
+from llmp.services.batches.validation import (
+    LINE_PERMISSIONS,
+    Validation,
+    _error,
+    read_lines,
+    validate_lines,
+)
 from llmp.services.files import FileStore, Upload
-from llmp.services.lists import check_limit, list_object, owner_scope
 from llmp.services.models import model_version
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("llmp.services.batches")  # one logger for the package
 
-# endpoint -> the inference function that serves its body (the same code as the HTTP routes)
-ENDPOINTS: dict[str, Callable[..., Any]] = {
-    "/v1/chat/completions": inference.chat_completion,
-    "/v1/completions": inference.completion,
-    "/v1/embeddings": embeddings.embeddings,
-    "/v1/moderations": moderation.moderations,
-}
-# endpoint -> its two-step form (validate and tokenize, then run), so that a line is admitted
 # against its key's limits in between, as an HTTP request is
 PREPARE: dict[str, Callable[..., Any]] = {
     "/v1/chat/completions": inference.prepare_chat,
@@ -93,14 +57,8 @@ PREPARE: dict[str, Callable[..., Any]] = {
     "/v1/embeddings": embeddings.prepare_embeddings,
     "/v1/moderations": moderation.prepare_moderation,
 }
-#: the permission a line of an endpoint needs (others: `inference`)
-LINE_PERMISSIONS = {"/v1/moderations": "moderation"}
 #: the longest a line waits for its key's rate limits before trying again (pacing)
 MAX_PACE_WAIT_S = 5.0
-MAX_LINES = 50_000
-MAX_REPORTED_ERRORS = 100  # validation stops collecting errors after this many
-MAX_WINDOW_S = 7 * 24 * 3600
-ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 JOB_KIND = "batch"  # the batches' jobs in the durable job runner
 MAX_ACTIVE_BATCHES = 10_000  # batches driven at once (their lines share the engine's slots)
 TERMINAL_EVENTS = {"completed": events.BATCH_COMPLETED, "failed": events.BATCH_FAILED,
@@ -114,11 +72,7 @@ FLUSH_S = 0.02  # ... or this long after the first one
 #: a line that was running when the process died this many times is failed, not run again
 #: (it may be what kills the process: a resumed batch must not crash every restart)
 MAX_CRASHES = 2
-_WINDOW = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
-
-# -- validation ------------------------------------------------------------------------------
 
 def _crashed_error(crashes: int) -> dict:
     return {"message": f"This request was running when the server stopped unexpectedly "
@@ -126,225 +80,6 @@ def _crashed_error(crashes: int) -> dict:
             "param": None, "code": "request_crashed"}
 
 
-def parse_window(value: Any) -> int:
-    """`"24h"` -> 86400 seconds; any `<n>s|m|h|d` from 1 second to 7 days."""
-    m = _WINDOW.match(value) if isinstance(value, str) else None
-    seconds = int(m.group(1)) * _UNITS[m.group(2)] if m else 0
-    if not 0 < seconds <= MAX_WINDOW_S:
-        raise InvalidRequestError(
-            f"Invalid 'completion_window': {value!r}; use '24h' (or a duration such as '1h', "
-            f"'30m', '90s' up to 7d)", param="completion_window", code="invalid_parameter")
-    return seconds
-
-
-def _error(code: str, message: str, line: int | None, param: str | None = None) -> dict:
-    return {"code": code, "message": message, "param": param, "line": line}
-
-
-#: endpoint -> the shape its line bodies must have (values: the endpoint's request model,
-#: `inference.ChatCompletionRequest` ..., when the line runs)
-LINE_SHAPES: dict[str, type[RequestModel]] = {
-    "/v1/chat/completions": ChatLineShape, "/v1/completions": CompletionLineShape,
-    "/v1/embeddings": EmbeddingLineShape, "/v1/moderations": ModerationLineShape}
-assert tuple(ENDPOINTS) == tuple(LINE_SHAPES) == BATCH_ENDPOINTS
-
-
-def check_body(endpoint: str, body: Any) -> tuple[str, str] | None:
-    """(param, message) of a line body whose shape is wrong (see `LINE_SHAPES`), or None."""
-    try:
-        parse(LINE_SHAPES[endpoint], body, prefix="body")
-    except InvalidRequestError as e:
-        if e.param == "body.stream":
-            return e.param, "streaming is not supported in a batch"
-        return e.param or "body", e.message
-    return None
-
-
-@dataclass
-class Validation:
-    """The outcome of `validate_lines`: the runnable lines, or the errors."""
-    lines: list[tuple[int, str, str]] = field(default_factory=list)  # (line, custom_id, body)
-    line_models: list[str] = field(default_factory=list)  # the model of each of `lines`
-    errors: list[dict] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    @property
-    def models(self) -> list[str]:
-        """Distinct models, in first-use order."""
-        return list(dict.fromkeys(self.line_models))
-
-    def check_models(self, known_model: Callable[[str], bool]) -> None:
-        """Turn every line whose model is not served into a `model_not_found` error."""
-        unknown = {m for m in self.models if not known_model(m)}
-        for (n, _, _), m in zip(self.lines, self.line_models):
-            if m in unknown and len(self.errors) < MAX_REPORTED_ERRORS:
-                self.errors.append(_error("model_not_found", f"The model {m!r} does not exist",
-                                          n, "body.model"))
-        self.errors.sort(key=lambda e: e["line"] or 0)
-
-
-def validate_lines(lines: Iterable[bytes | str], endpoint: str, *,
-                   known_model: Callable[[str], bool] | None = None) -> Validation:
-    """Check every line of a batch input file (JSONL; blank lines are skipped). Line numbers
-    are 1-based. `known_model` (None: skip the check; see `Validation.check_models`) says
-    whether a model id is served."""
-    v = Validation()
-    seen: dict[str, int] = {}
-    count = 0
-
-    def err(*a: Any) -> bool:
-        v.errors.append(_error(*a))
-        return len(v.errors) >= MAX_REPORTED_ERRORS
-
-    for n, raw in enumerate(lines, 1):
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        if not text.strip():
-            continue
-        count += 1
-        if count > MAX_LINES:
-            err("too_many_requests", f"A batch holds at most {MAX_LINES:,} requests", n)
-            break
-        try:
-            obj = parse_json(text)
-        except ValueError as e:
-            if err("invalid_json_line", f"This line is not valid JSON ({e})", n):
-                break
-            continue
-        if not isinstance(obj, dict):
-            if err("invalid_json_line", "This line is not a JSON object", n):
-                break
-            continue
-        problem = _check_line(obj, endpoint, seen, n)
-        if problem is not None:
-            if err(problem[0], problem[1], n, problem[2]):
-                break
-            continue
-        seen[obj["custom_id"]] = n
-        v.lines.append((n, obj["custom_id"], json.dumps(obj["body"])))
-        v.line_models.append(obj["body"]["model"])
-    if known_model is not None:
-        v.check_models(known_model)
-    if not v.errors and not v.lines:
-        v.errors.append(_error("empty_file", "The input file has no requests", None))
-    return v
-
-
-def _check_line(obj: dict, endpoint: str, seen: dict[str, int],
-                n: int) -> tuple[str, str, str | None] | None:
-    cid = obj.get("custom_id")
-    if not isinstance(cid, str) or not cid:
-        return "missing_custom_id", "'custom_id' is required (a non-empty string)", "custom_id"
-    if cid in seen:
-        return ("duplicate_custom_id",
-                f"The custom_id {cid!r} is also used on line {seen[cid]}", "custom_id")
-    if obj.get("method") != "POST":
-        return "invalid_method", "'method' must be 'POST'", "method"
-    if obj.get("url") != endpoint:
-        return ("invalid_url", f"'url' must be the batch's endpoint {endpoint!r} "
-                f"(got {obj.get('url')!r})", "url")
-    problem = check_body(endpoint, obj.get("body"))
-    if problem is not None:
-        return "invalid_request", problem[1], problem[0]
-    return None
-
-
-def read_lines(path: Path) -> Iterator[bytes]:
-    """The lines of a file, one at a time (never the whole file in memory)."""
-    with open(path, "rb") as f:
-        yield from f
-
-
-# -- API objects -----------------------------------------------------------------------------
-
-def to_api(db: Database, row: dict) -> dict:
-    """A `batches` row as OpenAI's batch object, with live request_counts."""
-    c = batches_db.counts(db, row["id"])
-    total = sum(c.values())
-    errors = json.loads(row["errors"]) if row["errors"] else None
-    p, o = row["prompt_tokens"] or 0, row["completion_tokens"] or 0
-    out = {
-        "id": row["id"], "object": "batch", "endpoint": row["endpoint"], "model": row["model"],
-        "errors": {"object": "list", "data": errors} if errors else None,
-        "input_file_id": row["input_file_id"], "completion_window": row["completion_window"],
-        "status": row["status"], "output_file_id": row["output_file_id"],
-        "error_file_id": row["error_file_id"],
-    }
-    for k in ("created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at",
-              "failed_at", "expired_at", "cancelling_at", "cancelled_at"):
-        out[k] = row[k]
-    out["request_counts"] = {"total": total, "completed": c["completed"],
-                             "failed": c["failed"] + c["expired"] + c["cancelled"]}
-    out["metadata"] = json.loads(row["metadata"]) if row["metadata"] else None
-    out["usage"] = {"input_tokens": p, "input_tokens_details": {"cached_tokens": 0},
-                    "output_tokens": o, "output_tokens_details": {"reasoning_tokens": 0},
-                    "total_tokens": p + o}
-    return out
-
-
-class Batches:
-    """The batch API over one home: create/get/list/cancel, driven by a `BatchRunner`."""
-
-    def __init__(self, db: Database, store: FileStore, runner: BatchRunner | None = None):
-        self.db = db
-        self.store = store
-        self.runner = runner
-
-    def create(self, key: dict, body: dict | CreateBatchRequest) -> dict:
-        req = body if isinstance(body, CreateBatchRequest) else parse(CreateBatchRequest, body)
-        file_id, endpoint, window = req.input_file_id, req.endpoint, req.completion_window
-        seconds = parse_window(window)
-        metadata = req.metadata
-        f = self.store.row(file_id, key, param="input_file_id")
-        if f["purpose"] != "batch":
-            raise InvalidRequestError(
-                f"File {file_id!r} has purpose {f['purpose']!r}; a batch needs a file uploaded "
-                f"with purpose 'batch'", param="input_file_id", code="invalid_file")
-        now = int(time.time())
-        row = batches_db.insert(self.db, {
-            "id": new_id("batch"), "owner_key_id": key["id"], "endpoint": endpoint,
-            "input_file_id": file_id, "completion_window": window, "window_seconds": seconds,
-            "status": "validating", "metadata": json.dumps(metadata) if metadata else None,
-            "created_at": now, "expires_at": now + seconds})
-        if self.runner is not None:
-            self.runner.wake()
-        return to_api(self.db, row)
-
-    def row(self, batch_id: str, key: dict) -> dict:
-        row = batches_db.get(self.db, batch_id, owner=owner_scope(key))
-        if row is None:
-            raise NotFoundError(f"No such batch: {batch_id!r}", param="batch_id",
-                                code="batch_not_found")
-        return row
-
-    def get(self, batch_id: str, key: dict) -> dict:
-        return to_api(self.db, self.row(batch_id, key))
-
-    def list(self, key: dict, *, after: str | None = None, limit: int = 20) -> dict:
-        rows, more = batches_db.page(self.db, owner=owner_scope(key), after=after,
-                                     limit=check_limit(limit, 100))
-        return list_object([to_api(self.db, r) for r in rows], more)
-
-    def cancel(self, batch_id: str, key: dict) -> dict:
-        """validating | in_progress -> cancelling; the runner stops its lines and finishes the
-        batch as cancelled (finished lines are kept). Cancelling twice is a no-op."""
-        row = self.row(batch_id, key)
-        if row["status"] in ("cancelling", "cancelled"):
-            return to_api(self.db, row)
-        if not batches_db.transition(self.db, batch_id, "cancelling",
-                                     allowed_from=("validating", "in_progress"),
-                                     at=int(time.time())):
-            raise InvalidRequestError(
-                f"Batch {batch_id!r} is {self.row(batch_id, key)['status']} and can no longer "
-                f"be cancelled", param="batch_id", code="batch_not_cancellable")
-        if self.runner is not None:
-            self.runner.cancel(batch_id)
-        return self.get(batch_id, key)
-
-
-# -- execution -------------------------------------------------------------------------------
 
 @dataclass
 class _Run:
@@ -811,4 +546,3 @@ class BatchRunner:
               key_id=row["owner_key_id"], completed=c.get("completed"), failed=c.get("failed"))
         self.bus.publish(TERMINAL_EVENTS[status], to_api(self.db, row),
                          key_id=row["owner_key_id"])
-
