@@ -10,6 +10,7 @@ import json
 import socket
 import time
 
+import pytest
 from conftest import start_server
 from textual.widgets import Input
 
@@ -137,6 +138,8 @@ async def test_help_palette_and_screen_switching(server):
         await pilot.press("1", "2")
         assert app.tabs.active == "chat"
         assert app.screen.query_one("#chat-input", Input).value == "12"
+        await pilot.press("escape", "3")  # esc leaves the text box: digits switch again
+        assert app.tabs.active == "keys"
 
 
 async def test_chat_streams_an_answer(server):
@@ -306,3 +309,54 @@ async def test_big_tables_page():
         table.query_text = "name 9999"
         table.set_rows(many)
         assert [k for k, _ in table.visible_rows()] == ["key_09999"] and table.page == 0
+
+
+async def test_batch_from_a_local_file_and_its_results_saved(server, tmp_path):
+    src = tmp_path / "requests.jsonl"
+    src.write_text("".join(json.dumps({
+        "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": "tiny", "max_tokens": 4, "ignore_eos": True,
+                 "messages": [{"role": "user", "content": f"Q{i}"}]}}) + "\n" for i in range(3)))
+    out = tmp_path / "results.jsonl"
+    app = LlmpApp(server.url, server.admin_key, poll_interval=POLL, initial="batches")
+    async with app.run_test(size=(120, 40)) as pilot:
+        view = app.view_of("batches")
+        await until(pilot, lambda: app.permissions is not None and view.polls > 0, what="ready")
+        before = set(dict(rows(app, "batches", "batches-table")))
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, FormScreen), what="form")
+        app.screen.query_one("#field-path", Input).value = str(src)
+        await pilot.click("#save")
+
+        def new_batch():
+            new = {k: r for k, r in rows(app, "batches", "batches-table") if k not in before}
+            return next(iter(new.items()), None)
+
+        await until(pilot, lambda: new_batch() is not None and new_batch()[1][1] == "completed",
+                    timeout=60, what="the new batch completed")
+        batch_id = new_batch()[0]
+        assert view.query_one("#batches-table", FilterTable).select(batch_id)
+        await pilot.press("o")
+        await until(pilot, lambda: isinstance(app.screen, FormScreen), what="save form")
+        app.screen.query_one("#field-path", Input).value = str(out)
+        await pilot.click("#save")
+        await until(pilot, lambda: out.exists() and out.stat().st_size > 0, what="results saved")
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(r["custom_id"] for r in got) == ["r0", "r1", "r2"]
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 60)])
+async def test_every_screen_renders_at_small_and_large_sizes(server, size):
+    app = LlmpApp(server.url, server.admin_key, poll_interval=POLL)
+    async with app.run_test(size=size) as pilot:
+        await until(pilot, lambda: app.permissions is not None, what="permissions")
+        for key, vid in (("1", "overview"), ("2", "models"), ("3", "keys"), ("4", "usage"),
+                         ("5", "batches"), ("6", "webhooks"), ("7", "finetunes"),
+                         ("8", "chat"), ("9", "moderation"), ("0", "logs")):
+            await pilot.press("escape", key)  # esc: out of a text box first
+            assert app.tabs.active == vid
+            view = app.view_of(vid)
+            if view.POLL or vid == "chat":
+                await until(pilot, lambda v=view: v.polls > 0, what=f"{vid} answered")
+            assert view.last_error is None
+            assert app.screen.focused is not None

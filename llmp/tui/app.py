@@ -13,7 +13,7 @@ from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane, Tabs
 
 from llmp.client import AsyncClient, ServerUnreachableError
 from llmp.errors import AuthenticationError, LlmpError, NotFoundError
@@ -171,7 +171,13 @@ class LlmpApp(App[None]):
             t.open_filter()
 
     def action_esc_back(self) -> None:
+        """Close the filter; out of a text box (chat, moderation) to the tabs, so that the
+        number keys switch screens again; else focus the screen's table."""
         v = self.current_view
+        focused = self.screen.focused
+        if isinstance(focused, Input) and not focused.has_class("filter"):
+            self.tabs.query_one(Tabs).focus()
+            return
         if isinstance(v, LogsView):
             if not v.close_filter():
                 v.focus_main()

@@ -1,24 +1,29 @@
 """Batches (progress, cancel, line errors) and Files (list, delete)."""
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Label
 
+from llmp.client import Client
 from llmp.tui import fmt
 from llmp.tui.screens.base import View
-from llmp.tui.widgets.dialogs import ConfirmScreen, TextScreen
+from llmp.tui.widgets.dialogs import ConfirmScreen, FormScreen, TextScreen
 from llmp.tui.widgets.table import FilterTable
 
 
 class BatchesView(View):
     TITLE = "Batches"
-    BINDINGS = [Binding("c", "cancel_batch", "Cancel batch"),
+    BINDINGS = [Binding("n", "create", "New batch"), Binding("o", "download", "Save results"),
+                Binding("c", "cancel_batch", "Cancel batch"),
                 Binding("e", "errors", "Line errors"),
                 Binding("x", "delete_file", "Delete file")]
-    ACTIONS = {"cancel_batch": "batches.write", "delete_file": "files.write"}
+    ACTIONS = {"cancel_batch": "batches.write", "delete_file": "files.write",
+               "create": "batches.write", "download": "files.read"}
 
     def compose(self) -> ComposeResult:
         yield Label("[b]Batches[/b]")
@@ -96,3 +101,49 @@ class BatchesView(View):
                          done=f"Deleted {file_id}")
 
         self.app.push_screen(ConfirmScreen(f"Delete file {file_id}?"), done)
+
+    def action_create(self) -> None:
+        fields = [("path", "Local JSONL file of requests", ""),
+                  ("endpoint", "Endpoint", "/v1/chat/completions"),
+                  ("window", "Completion window", "24h")]
+
+        def done(values: dict[str, str] | None) -> None:
+            if values and values["path"]:
+                self.act(self._create(values), done="Batch created")
+
+        self.app.push_screen(FormScreen("New batch from a local file", fields), done)
+
+    async def _create(self, values: dict[str, str]) -> None:
+        path = Path(values["path"]).expanduser()
+
+        def upload() -> dict:  # the shared client's streamed multipart upload (sync)
+            with Client(self.client.url, self.client.api_key) as c:
+                return c.request("POST", "/v1/files", files={"purpose": "batch",
+                                                             "file": (path.name, path)})
+
+        f = await asyncio.to_thread(upload)
+        await self.client.request("POST", "/v1/batches", json={
+            "input_file_id": f["id"], "endpoint": values["endpoint"],
+            "completion_window": values["window"] or "24h"})
+
+    def action_download(self) -> None:
+        batch_id = self._selected_batch()
+        if batch_id is None:
+            return
+
+        def done(values: dict[str, str] | None) -> None:
+            if values and values["path"]:
+                self.act(self._download(batch_id, Path(values["path"]).expanduser()))
+
+        self.app.push_screen(FormScreen(f"Save the results of {batch_id}",
+                                        [("path", "Local file", f"{batch_id}.jsonl")]), done)
+
+    async def _download(self, batch_id: str, path: Path) -> None:
+        b = await self.client.request("GET", f"/v1/batches/{batch_id}")
+        if not b.get("output_file_id"):
+            self.notify(f"{batch_id} has no results yet", severity="warning")
+            return
+        raw = await self.client.request("GET", f"/v1/files/{b['output_file_id']}/content")
+        data = raw if isinstance(raw, bytes) else json.dumps(raw).encode()
+        await asyncio.to_thread(path.write_bytes, data)
+        self.notify(f"Saved {len(data):,} bytes to {path}")

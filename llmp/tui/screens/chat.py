@@ -68,8 +68,9 @@ class ChatView(View):
         text = event.value.strip()
         if not text or self.streaming:
             return
-        if not self.llmp.allowed("inference", action=False):
-            self.notify("This key lacks the 'inference' permission", severity="error")
+        if not self.llmp.allowed("inference"):
+            self.notify("Read-only, or this key lacks the 'inference' permission",
+                        severity="error")
             return
         model = self.query_one("#chat-model", Select).value
         if not isinstance(model, str):

@@ -26,6 +26,10 @@ class ModerationView(View):
     @on(Input.Submitted, "#mod-input")
     def _check(self, event: Input.Submitted) -> None:
         event.stop()
+        if not self.llmp.allowed("moderation"):
+            self.notify("Read-only, or this key lacks the 'moderation' permission",
+                        severity="error")
+            return
         if event.value.strip():
             self.run_worker(self._moderate(event.value), group="moderate", exclusive=True)
 

@@ -100,6 +100,10 @@ class FilterTable(Vertical):
         self._render_rows()
 
     def _render_rows(self) -> None:
+        if not self.query_children(DataTable) or not self.query_children(Label):
+            # rows that came before this widget's children were mounted: show them after
+            self.call_after_refresh(self._render_rows)
+            return
         matching = self.visible_rows()
         pages = max(1, -(-len(matching) // PAGE))
         self.page = min(max(0, self.page), pages - 1)
@@ -126,6 +130,8 @@ class FilterTable(Vertical):
 
     @property
     def selected_key(self) -> str | None:
+        if not self.query_children(DataTable):
+            return None
         table = self.table
         if not table.row_count:
             return None
