@@ -211,7 +211,12 @@ def test_invalid_files_are_refused_with_line_numbers_and_nothing_queued(ft):
 
 
 def test_cancel_mid_run_and_another_key_sees_nothing(ft):
+    from conftest import WebhookReceiver
+
     client = ft.openai()
+    rx = WebhookReceiver(ft)
+    client.post("/webhooks", cast_to=object, body={
+        "url": rx.url, "events": ["fine_tuning.job.cancelled"], "secret": SECRET})
     fid = upload(client, training_lines("qwertyui", 40))
     job = client.fine_tuning.jobs.create(model="tl", training_file=fid, hyperparameters={
         "n_epochs": 50, "batch_size": 1}, metadata={"team": "b"})
@@ -245,6 +250,12 @@ def test_cancel_mid_run_and_another_key_sees_nothing(ft):
     # admin sees it, in the list (newest first, paged)
     page = client.fine_tuning.jobs.list(limit=1)
     assert page.data[0].id == job.id
+    try:
+        (h, b), = rx.wait(1)
+        assert json.loads(b)["type"] == "fine_tuning.job.cancelled"
+        assert json.loads(b)["data"]["status"] == "cancelled" and h["webhook-signature"]
+    finally:
+        rx.close()
 
 
 def test_pause_resume_from_the_checkpoint_then_a_worker_crash_fails_the_job(ft):
