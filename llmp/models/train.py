@@ -110,6 +110,29 @@ def encode(tok: Any, example: dict, max_len: int, line: int) -> tuple[list[int],
     return ids, labels
 
 
+#: GPU memory a job needs beyond its weights (activations, LoRA and optimizer state, CUDA)
+GPU_HEADROOM = 2 << 30
+
+
+def check_gpu_memory(src: str, qlora: bool) -> None:
+    """Refuse (clearly) a job whose weights do not fit in the GPU memory left free, the
+    server's own models included, before loading anything. Weights: the safetensors files
+    (16-bit), a quarter of that in 4-bit for QLoRA."""
+    import torch
+
+    folder = Path(src)
+    if not folder.is_dir():
+        return
+    weights = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    need = int(weights * (0.3 if qlora else 1.0)) + GPU_HEADROOM
+    free, total = torch.cuda.mem_get_info()
+    if need > free:
+        raise TrainingError("not_enough_gpu_memory",
+                            f"the job needs about {need / 2**30:.1f} GiB of GPU memory; "
+                            f"{free / 2**30:.1f} of {total / 2**30:.1f} GiB are free (the "
+                            "server's loaded models included): unload a model and resume")
+
+
 def main(config_path: str) -> int:
     global _OUT
     _die_with_parent()
@@ -174,6 +197,8 @@ def train(cfg: dict) -> int:
         kwargs["dtype"] = torch.bfloat16
     else:
         kwargs["dtype"] = torch.float32
+    if device == "cuda":
+        check_gpu_memory(src, qlora)
     try:
         model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
     except Exception as e:  # noqa: BLE001
