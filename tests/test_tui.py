@@ -22,7 +22,7 @@ from llmp.tui.widgets.table import FilterTable
 POLL = 0.05
 
 
-async def until(pilot, cond, timeout: float = 20.0, what: str = "condition") -> None:
+async def until(pilot, cond, timeout: float = 30.0, what: str = "condition") -> None:
     """Let the app run until `cond()` holds (bounded; no fixed sleeps)."""
     deadline = time.monotonic() + timeout
     while not cond():
@@ -360,3 +360,16 @@ async def test_every_screen_renders_at_small_and_large_sizes(server, size):
                 await until(pilot, lambda v=view: v.polls > 0, what=f"{vid} answered")
             assert view.last_error is None
             assert app.screen.focused is not None
+
+
+def test_no_color(monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert LlmpApp("http://127.0.0.1:9", "sk-x").no_color
+    monkeypatch.delenv("NO_COLOR")
+    assert not LlmpApp("http://127.0.0.1:9", "sk-x").no_color
+
+
+def test_cli_tui_help(cli):
+    r = cli("tui", "--help")
+    assert r.exit_code == 0
+    assert "--readonly" in r.stdout and "--url" in r.stdout and "--api-key" in r.stdout

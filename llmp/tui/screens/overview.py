@@ -56,6 +56,10 @@ class OverviewView(View):
         four, five = m.errors(samples)
         p50 = m.quantile(samples, "llmp_time_to_first_token_seconds", 0.5)
         p95 = m.quantile(samples, "llmp_time_to_first_token_seconds", 0.95)
+        # the app's event bus, as /metrics counts it (batches, webhooks, limits, fine-tunes)
+        counts = sorted(((v, lab.get("type", "?")) for n, lab, v in samples
+                         if n == "llmp_events_total" and v), reverse=True)
+        events = "  ".join(f"{t} {int(v)}" for v, t in counts[:6])
         self.summary = {"status": health.get("status"), "uptime_s": health.get("uptime_s"),
                         "requests": reqs, "tokens": tokens, "errors_4xx": four,
                         "errors_5xx": five, "ttft_p50": p50, "ttft_p95": p95}
@@ -64,7 +68,8 @@ class OverviewView(View):
             f"version {health.get('version', '?')}  uptime {fmt.duration(health.get('uptime_s'))}"
             f"\nrequests {fmt.num(int(reqs))}  tokens generated {fmt.num(int(tokens))}  "
             f"errors 4xx {int(four)} / 5xx {int(five)}  "
-            f"TTFT p50 {fmt.seconds(p50)} p95 {fmt.seconds(p95)}")
+            f"TTFT p50 {fmt.seconds(p50)} p95 {fmt.seconds(p95)}"
+            + (f"\nevents {events}" if events else ""))
         self.query_one("#ov-tps-label", Label).update(
             f"tokens/s {tps:.1f}" if tps is not None else "tokens/s")
         self.query_one("#ov-rps-label", Label).update(
