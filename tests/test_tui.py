@@ -172,7 +172,8 @@ async def test_cancel_a_running_batch(server):
         await until(pilot, lambda: app.permissions is not None, what="permissions")
         await until(pilot, lambda: dict(rows(app, "batches", "batches-table")).get(
             b.id, [None, None])[1] == "in_progress", what="the batch running")
-        assert f.id in dict(rows(app, "batches", "files-table"))
+        await until(pilot, lambda: f.id in dict(rows(app, "batches", "files-table")),
+                    what="its input file listed")
         assert view.query_one("#batches-table", FilterTable).select(b.id)
         await pilot.press("c")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirm")
