@@ -129,8 +129,10 @@ class BatchRunner:
                  limiter: Any = None, bus: Bus | None = None):
         self.db = db
         #: the durable job runner of the "batch" kind (every active batch runs at once)
+        # no job-level crash limit: the per-line guard (MAX_CRASHES) fails the line that
+        # crashes, and the batch itself always resumes at once
         self.jobs = JobRunner(db, _BatchJobs(self), concurrency=MAX_ACTIVE_BATCHES,
-                              poll_s=poll_s)
+                              poll_s=poll_s, max_crashes=2**31)
         #: the app's event bus: batch.* events and the lines' usage rows (None: a private one)
         self.bus = bus if bus is not None else Bus()
         #: the server's Limiter: each line is a request of the batch's key (None: no limits)
