@@ -10,6 +10,7 @@ from llmp.db import connect
 from llmp.db import usage as db_usage
 from llmp.db.migrations import MIGRATIONS
 from llmp.models import registry
+from llmp.server.state import WRITER
 from llmp.services import keys as keys_service
 from llmp.services import usage
 
@@ -29,6 +30,7 @@ def test_usage_aggregates_match(server):
         sent_completion += body["usage"]["completion_tokens"]
     assert server.request("POST", "/v1/chat/completions", key=key,
                           json={**CHAT, "model": "nope"})[0] == 404
+    server.app[WRITER].flush()  # usage rows are group-committed by the writer thread
     rows = db_usage.recent(server.db, key_id=kid)
     assert [r["status"] for r in rows] == [404, 200, 200, 200]
     assert all(r["latency_ms"] > 0 for r in rows) and rows[1]["ttft_ms"] is not None
