@@ -14,7 +14,7 @@ python3 -m ruff check llmp tests || failed+=(ruff)
 echo "== mypy (llmp)"
 python3 -m mypy || failed+=(mypy)
 echo "== import-linter (the layer tower)"
-PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" lint-imports || failed+=(import-linter)
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" python3 -c "from importlinter.cli import lint_imports_command; lint_imports_command()" || failed+=(import-linter)
 if ((${#failed[@]})); then
   echo "lint gate failed: ${failed[*]}" >&2
   exit 1
