@@ -12,6 +12,7 @@ from typing import Any
 from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane, Tabs
 
@@ -144,8 +145,12 @@ class LlmpApp(App[None]):
     def set_connected(self, ok: bool) -> None:
         if ok == self.connected:
             return
+        try:
+            banner = self.query_one("#banner", Static)
+        except NoMatches:  # the app is closing
+            return
         self.connected = ok
-        self.query_one("#banner", Static).set_class(not ok, "down")
+        banner.set_class(not ok, "down")
         if ok and self.permissions is None:
             self.run_worker(self._whoami(), group="whoami", exclusive=True)
 

@@ -7,6 +7,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from textual.containers import Vertical
+from textual.css.query import NoMatches
 from textual.worker import Worker
 
 from llmp.client import AsyncClient, ServerUnreachableError
@@ -74,7 +75,12 @@ class View(Vertical):
 
     async def _loop(self) -> None:
         while True:
-            await self.poll_once()
+            try:
+                await self.poll_once()
+            except NoMatches:
+                if not self.is_attached:
+                    return  # the app closed while a poll was answered
+                raise
             if not self.POLL:
                 return
             await asyncio.sleep(self.llmp.poll_interval)
