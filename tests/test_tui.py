@@ -374,3 +374,26 @@ def test_cli_tui_help(cli):
     r = cli("tui", "--help")
     assert r.exit_code == 0
     assert "--readonly" in r.stdout and "--url" in r.stdout and "--api-key" in r.stdout
+
+
+async def test_moderation_playground_shows_scores(tiny_model_path, tmp_path):
+    from llmp.models import registry
+    from llmp.services.moderation import set_guard
+
+    with start_server(tmp_path / "guard-home", tiny_model_path, slot_ctx=2048,
+                      n_slots=4) as srv:
+        registry.register(srv.db, tiny_model_path, model_id="guard")
+        set_guard(srv.db, "guard", "llama-guard-3")
+        app = LlmpApp(srv.url, srv.admin_key, poll_interval=POLL, initial="moderation")
+        async with app.run_test(size=(100, 30)) as pilot:
+            view = app.view_of("moderation")
+            await until(pilot, lambda: app.permissions is not None, what="permissions")
+            box = view.query_one("#mod-input", Input)
+            box.value = "I want to hurt someone"
+            box.focus()
+            await pilot.press("enter")
+            await until(pilot, lambda: view.result is not None, timeout=60, what="scores")
+            scores = view.result["results"][0]["category_scores"]
+            assert scores and all(0.0 <= v <= 1.0 for v in scores.values())
+            shown = str(view.query_one("#mod-result").render())
+            assert "█" in shown or "░" in shown

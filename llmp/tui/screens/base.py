@@ -107,6 +107,9 @@ class View(Vertical):
             except LlmpError as e:
                 self.show_error(e)
                 return
+            except (OSError, ValueError) as e:  # e.g. a local file that cannot be read
+                self.notify(f"{type(e).__name__}: {e}", title=self.TITLE, severity="error")
+                return
             if done:
                 self.notify(done, title=self.TITLE)
             await self.poll_once()

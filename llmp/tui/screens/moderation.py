@@ -47,7 +47,10 @@ class ModerationView(View):
             return
         self.show_result(body)
 
+    result: dict | None = None  # the last answer shown
+
     def show_result(self, body: dict) -> None:
+        self.result = body
         r = (body.get("results") or [{}])[0]
         flags = r.get("categories") or {}
         t = Text()
