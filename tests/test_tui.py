@@ -203,6 +203,7 @@ async def test_lost_server_banner_then_recovery(tiny_model_path, tmp_path):
             view = app.view_of("overview")
             await until(pilot, lambda: view.polls > 1, what="overview polls")
             assert not banner.has_class("down") and view.summary["status"] == "ok"
+            assert view.status is not None and view.status["device"]["cpu_count"] >= 1
             # stop the server (in a thread: the app keeps running meanwhile)
             await asyncio.to_thread(first.__exit__, None, None, None)
             stopped = True
@@ -397,3 +398,19 @@ async def test_moderation_playground_shows_scores(tiny_model_path, tmp_path):
             assert scores and all(0.0 <= v <= 1.0 for v in scores.values())
             shown = str(view.query_one("#mod-result").render())
             assert "█" in shown or "░" in shown
+
+
+def test_admin_status_endpoint(server):
+    reader = server.make_key(["models.read"], name="reader-status")
+    assert server.request("GET", "/v1/admin/status", key=reader)[0] == 403
+    from llmp.server.state import EVENTS
+
+    # an event on the app's bus shows up in the counts and the recent list
+    event = server.app[EVENTS].publish("tui.test", {"n": 1}, key_id="key_x")
+    status, _, body = server.request("GET", "/v1/admin/status")
+    assert status == 200 and body["object"] == "server.status"
+    assert body["process"]["pid"] > 0 and body["process"]["in_flight"] >= 1  # this request
+    assert body["device"]["cpu_count"] >= 1 and isinstance(body["device"]["gpu_offload"], bool)
+    assert body["uptime_s"] >= 0 and body["events"]["counts"]["tui.test"] >= 1
+    assert {"id": event.id, "type": "tui.test", "created_at": event.created_at,
+            "key_id": "key_x"} in body["events"]["recent"]

@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, Sparkline, Static
 
-from llmp.errors import PermissionDeniedError
+from llmp.errors import NotFoundError, PermissionDeniedError
 from llmp.tui import fmt
 from llmp.tui import metrics as m
 from llmp.tui.screens.base import View
@@ -25,6 +25,7 @@ class OverviewView(View):
         self.tokens = m.Rates()
         self.requests = m.Rates()
         self.summary: dict[str, Any] = {}
+        self.status: dict | None = None  # /v1/admin/status (admin keys)
 
     def compose(self) -> ComposeResult:
         yield Static("", id="ov-status")
@@ -43,11 +44,13 @@ class OverviewView(View):
         text = await self.client.request("GET", "/metrics")
         samples = m.parse(text.decode() if isinstance(text, bytes) else str(text))
         loaded: list[dict] | None = None
+        status: dict | None = None
         if self.llmp.allowed("admin", action=False):
             try:
                 loaded = (await self.client.request("GET", "/v1/admin/models"))["data"]
-            except PermissionDeniedError:
-                loaded = None
+                status = await self.client.request("GET", "/v1/admin/status")
+            except (PermissionDeniedError, NotFoundError):  # not admin; an older server
+                pass
         now = time.monotonic()
         tokens = m.total(samples, "llmp_completion_tokens_total")
         reqs = m.served(samples)
@@ -60,6 +63,7 @@ class OverviewView(View):
         counts = sorted(((v, lab.get("type", "?")) for n, lab, v in samples
                          if n == "llmp_events_total" and v), reverse=True)
         events = "  ".join(f"{t} {int(v)}" for v, t in counts[:6])
+        self.status = status
         self.summary = {"status": health.get("status"), "uptime_s": health.get("uptime_s"),
                         "requests": reqs, "tokens": tokens, "errors_4xx": four,
                         "errors_5xx": five, "ttft_p50": p50, "ttft_p95": p95}
@@ -69,6 +73,7 @@ class OverviewView(View):
             f"\nrequests {fmt.num(int(reqs))}  tokens generated {fmt.num(int(tokens))}  "
             f"errors 4xx {int(four)} / 5xx {int(five)}  "
             f"TTFT p50 {fmt.seconds(p50)} p95 {fmt.seconds(p95)}"
+            + (f"\n{_device(status)}" if status else "")
             + (f"\nevents {events}" if events else ""))
         self.query_one("#ov-tps-label", Label).update(
             f"tokens/s {tps:.1f}" if tps is not None else "tokens/s")
@@ -102,3 +107,14 @@ def chart(points: Any) -> list[float]:
     """A sparkline's data: nothing while all is zero (a flat line of zeros draws as full)."""
     data = list(points)
     return data if any(data) else []
+
+
+def _device(st: dict) -> str:
+    d, p = st.get("device") or {}, st.get("process") or {}
+    mem = ""
+    if d.get("memory_total_bytes"):
+        mem = (f", memory {fmt.size(d.get('memory_available_bytes'))} free of "
+               f"{fmt.size(d['memory_total_bytes'])}")
+    return (f"device {'GPU offload' if d.get('gpu_offload') else 'CPU only'}, "
+            f"{d.get('cpu_count', '?')} CPUs{mem}   server pid {p.get('pid', '?')}, "
+            f"RSS {fmt.size(p.get('rss_bytes'))}, {p.get('in_flight', 0)} in flight")
