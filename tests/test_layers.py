@@ -102,3 +102,90 @@ def test_import_linter_contracts(capsys, monkeypatch):
     configuration.configure()
     monkeypatch.chdir(ROOT.parent)  # where pyproject.toml is
     assert lint_imports(cache_dir=None, no_logo=True), capsys.readouterr().out
+
+
+#: the one import cycle allowed: the TUI's views name their app's class for the type checker
+#: only (`if TYPE_CHECKING:` in tui/screens/base.py), the app imports the views
+TYPING_ONLY_BACK_EDGES = {("llmp.tui.screens.base", "llmp.tui.app")}
+
+
+def _import_graph() -> dict[str, dict[str, int]]:
+    """module -> {llmp module it imports: line}, over the whole package. Every import counts:
+    module level, inside functions, under `if TYPE_CHECKING:`. `from pkg import sub` is an
+    edge to the submodule only; `from pkg import name` (not a submodule) to the package."""
+    files = {_module(f).removesuffix(".__init__"): f for f in sorted(ROOT.rglob("*.py"))}
+    graph: dict[str, dict[str, int]] = {}
+    for mod, f in files.items():
+        deps: dict[str, int] = {}
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = _module(f).rsplit(".", node.level)[0]
+                    pkg = f"{base}.{node.module}" if node.module else base
+                else:
+                    pkg = node.module or ""
+                subs = [f"{pkg}.{a.name}" for a in node.names]
+                targets = [s for s in subs if s in files]
+                if len(targets) < len(subs):
+                    targets.append(pkg)
+            else:
+                continue
+            for t in targets:
+                if t in files and t != mod and (mod, t) not in TYPING_ONLY_BACK_EDGES:
+                    deps.setdefault(t, node.lineno)
+        graph[mod] = deps
+    return graph
+
+
+def _cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle_in_the_package():
+    """No two llmp modules import each other, directly or round a longer loop, counting imports
+    inside functions and typing-only ones (engine.chat <-> engine.engine, db <-> db.usage via
+    the migrations, models.hub -> registry -> lora -> convert -> hub were the last ones)."""
+    graph = _import_graph()
+    assert "llmp.engine.engine" not in graph["llmp.engine.chat"]
+    assert graph["llmp.db.usage"] and "llmp.db" not in graph["llmp.db.usage"]
+    cycles = _cycles(graph)
+    detail = [" ; ".join(f"{m} -> {d} (line {graph[m][d]})" for m in c for d in graph[m]
+                         if d in c) for c in cycles]
+    assert cycles == [], detail
+
+
+def test_cycle_finder():
+    """Guards the test above: a loop through a function-level import is found."""
+    assert _cycles({"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 9}, "d": {"a": 1}}) == [
+        ["a", "b", "c"]]
+    assert _cycles({"a": {"b": 1}, "b": {}}) == []

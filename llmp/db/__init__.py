@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 from pathlib import Path
 
 import sqlite_utils
 
 from llmp.config import private
+from llmp.db.locking import _lock
 from llmp.db.migrations import MIGRATIONS
-
-_lock = threading.RLock()
 
 
 def connect(path: Path | str, *, migrate: bool = True) -> sqlite_utils.Database:

@@ -13,9 +13,9 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from llmp.db import _lock
 from llmp.db import files as files_db
 from llmp.db.lists import found, owned_row, owner_filter, paginate
+from llmp.db.locking import _lock
 
 STATUSES = ("validating", "failed", "in_progress", "finalizing", "completed", "expired",
             "cancelling", "cancelled")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from sqlite_utils import Database
 
-from llmp.db import _lock
 from llmp.db.lists import found
+from llmp.db.locking import _lock
 
 
 def create_session(db: Database, record: dict) -> dict:

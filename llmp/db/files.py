@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from llmp.db import _lock
 from llmp.db.lists import found, owned_row, owner_filter, paginate
+from llmp.db.locking import _lock
 
 
 def insert(db: Database, record: dict[str, Any]) -> dict:

@@ -6,10 +6,10 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from llmp.db import _lock
 from llmp.db import files as files_db
 from llmp.db import jobs as jobs_db
 from llmp.db.lists import owned_row, owner_filter, paginate
+from llmp.db.locking import _lock
 
 STATUSES = ("validating_files", "queued", "running", "paused", "succeeded", "failed",
             "cancelled")

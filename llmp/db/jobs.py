@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from sqlite_utils import Database
 
-from llmp.db import _lock
+from llmp.db.locking import _lock
 
 STATES = ("queued", "running", "paused", "done")
 

@@ -6,9 +6,9 @@ from typing import Any, overload
 
 from sqlite_utils import Database
 
-from llmp.db import _lock
 from llmp.db import writer as db_writer
 from llmp.db.lists import found
+from llmp.db.locking import _lock
 
 
 @overload

@@ -6,8 +6,8 @@ from typing import Any, overload
 
 from sqlite_utils import Database
 
-from llmp.db import _lock
 from llmp.db.lists import found
+from llmp.db.locking import _lock
 
 _JSON = ("capabilities", "languages")
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from llmp.db import _lock
+from llmp.db.locking import _lock
 
 #: Histogram resolution: 4 buckets per doubling (each about 19% wide).
 BUCKETS_PER_OCTAVE = 4

@@ -32,7 +32,7 @@ from llmp.engine.types import ChatPrompt
 from llmp.errors import InvalidRequestError
 
 if TYPE_CHECKING:
-    from llmp.engine.engine import Engine
+    from llmp.engine.native import Model
 
 FALLBACK_TEMPLATE = (Path(__file__).parent.parent / "models" / "chatml.jinja").read_text()
 
@@ -132,21 +132,22 @@ def _response_grammar(response_format: dict | None) -> str | None:
     raise InvalidRequestError(f"unknown response_format type {kind!r}", param="response_format")
 
 
-def render_chat(engine: Engine, messages: list[dict], *, tools: list[dict] | None = None,
+def render_chat(model: Model, messages: list[dict], *, tools: list[dict] | None = None,
                 tool_choice: Any = None, response_format: dict | None = None,
                 functions: list[dict] | None = None, function_call: Any = None,
                 parallel_tool_calls: bool | None = None,
                 add_generation_prompt: bool = True) -> ChatPrompt:
+    """Render `messages` with `model`'s own chat template (ChatML when it has none). Takes
+    the loaded model, not the engine: the engine calls this, never the other way round."""
     legacy = bool(functions) and not tools
     if legacy:
         tools, legacy_choice = legacy_functions_to_tools(functions, function_call)
         tool_choice = tool_choice if tool_choice is not None else legacy_choice
-    source = engine.model.chat_template()
+    source = model.chat_template()
     template = compile_template(source or FALLBACK_TEMPLATE)
     family = detect_family(source or FALLBACK_TEMPLATE)
     use_tools = bool(tools) and tool_choice != "none"
     forced = _forced_tools(tools, tool_choice) if use_tools and tools else None
-    model = engine.model
     try:
         prompt = template.render(
             messages=_normalize(messages), tools=tools if use_tools else None,

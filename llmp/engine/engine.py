@@ -266,7 +266,7 @@ class Engine:
     def render_chat(self, messages: list[dict], *, tools: list[dict] | None = None,
                     tool_choice: Any = None, response_format: dict | None = None,
                     **template_kwargs: Any) -> ChatPrompt:
-        return render_chat(self, messages, tools=tools, tool_choice=tool_choice,
+        return render_chat(self.model, messages, tools=tools, tool_choice=tool_choice,
                            response_format=response_format, **template_kwargs)
 
     # ------------------------------------------------------------------ LoRA adapters

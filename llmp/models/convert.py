@@ -480,10 +480,10 @@ def fetch(repo: str, dest: Path, *, revision: str | None = None,
     `dest` (resumable; HF_TOKEN and HF_ENDPOINT honoured). Returns (folder, commit)."""
     from huggingface_hub import HfApi, hf_hub_download
 
-    from llmp.models import hub
+    from llmp.models import hf
 
-    endpoint = hub.hub_endpoint()
-    with hub._hub_errors(repo, revision, endpoint):
+    endpoint = hf.hub_endpoint()
+    with hf._hub_errors(repo, revision, endpoint):
         info = HfApi(endpoint=endpoint).model_info(repo, revision=revision, files_metadata=True)
         commit = info.sha or revision or "main"
         files = [s for s in info.siblings or [] if _wanted(s.rfilename)]

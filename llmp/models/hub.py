@@ -21,16 +21,12 @@ spec `owner/repo:QUANT` becomes an alias, the hub repo and file(s) go to `source
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import functools
 import hashlib
-import logging
-import os
 import re
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +35,9 @@ from sqlite_utils import Database
 
 from llmp.config import Settings
 from llmp.db import models as db_models
-from llmp.errors import InvalidRequestError, LlmpError, ModelError, NotFoundError
+from llmp.errors import InvalidRequestError, ModelError, NotFoundError
 from llmp.models import gguf_meta, registry
+from llmp.models.hf import _hub_errors, hub_endpoint
 
 # phase text ("downloading x.gguf", "verifying"), bytes done, bytes total
 Progress = Callable[[str, int, int], None]
@@ -75,12 +72,6 @@ class Offer:
         parts = f", {len(self.files)} parts" if len(self.files) > 1 else ""
         size = f"{self.size / 1e9:.2f} GB" if self.size >= 1e9 else f"{self.size / 1e6:.1f} MB"
         return f"{label or self.quant} ({size}{parts})"
-
-
-def hub_endpoint() -> str:
-    from huggingface_hub import constants
-
-    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -152,65 +143,6 @@ def choose(offers: list[Offer], quant: str | None, repo: str) -> Offer:
     names = ", ".join(o.files[0].path for o in matches)
     raise InvalidRequestError(f"{quant!r} is ambiguous in {repo}: it matches {names}. "
                               "Name the file to pick one", param="model")
-
-
-@contextlib.contextmanager
-def _hub_errors(repo: str, revision: str | None, endpoint: str) -> Iterator[None]:
-    """Map huggingface_hub and transport errors to one-line LlmpErrors."""
-    import httpx2
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        HFValidationError,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    hf_logger = logging.getLogger("huggingface_hub")
-    level = hf_logger.level
-    # its retry warnings ("Trying to resume download...") would break the progress display;
-    # what fails in the end is reported once, below
-    hf_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    except LlmpError:
-        raise
-    except GatedRepoError:
-        raise ModelError(f"{repo} is gated: accept its terms on the hub, then set HF_TOKEN "
-                         "to a token of that account") from None
-    except RepositoryNotFoundError:
-        raise NotFoundError(f"repository {repo} not found on {endpoint} (a private repo "
-                            "needs HF_TOKEN)", param="model") from None
-    except RevisionNotFoundError:
-        raise NotFoundError(f"revision {revision!r} not found in {repo}",
-                            param="revision") from None
-    except RemoteEntryNotFoundError as e:
-        raise NotFoundError(f"file not found in {repo}: {_first_line(e)}") from None
-    except HFValidationError as e:
-        raise InvalidRequestError(f"{repo}: {_first_line(e)}", param="model") from None
-    except HfHubHTTPError as e:
-        status = e.response.status_code if e.response is not None else "?"
-        if status in (401, 403):
-            raise ModelError(f"the hub refused access to {repo} (HTTP {status}): set HF_TOKEN "
-                             "to a token that can read it") from None
-        raise ModelError(f"the hub answered HTTP {status} for {repo}; run the command again "
-                         "to resume") from None
-    except httpx2.HTTPError as e:
-        raise ModelError(f"connection to {endpoint} failed ({_first_line(e) or type(e).__name__}); "
-                         "run the command again (a download resumes where it stopped)") from None
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise ModelError(f"disk full while downloading {repo}") from None
-        raise ModelError(f"download of {repo} failed: {_first_line(e)}; run the command "
-                         "again to resume") from None
-    finally:
-        hf_logger.setLevel(level)
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else ""
 
 
 class _Bar:
