@@ -49,14 +49,18 @@ class LlmpApp(App[None]):
 
     def __init__(self, url: str | None = None, api_key: str | None = None, *,
                  readonly: bool = False, poll_interval: float = 1.0,
-                 client: AsyncClient | None = None, initial: str = "overview"):
+                 client: AsyncClient | None = None, initial: str = "overview",
+                 live: bool = True, permissions: set[str] | None = None):
+        """`live=False`: no polls and no GET /v1/auth/me; the screens show only what is
+        given to their `show_payload` (the snapshot tests), with `permissions` as the key's."""
         super().__init__()
         self.client = client or AsyncClient(url, api_key, timeout=30.0)
         self.readonly = readonly
         self.poll_interval = poll_interval
         self.initial = initial
         #: the key's permissions (None until the server told them)
-        self.permissions: set[str] | None = None
+        self.permissions: set[str] | None = permissions
+        self.live = live
         self.me: dict[str, Any] | None = None
         self.connected = True
         self.sub_title = self.client.url + ("  (read-only)" if readonly else "")
@@ -72,7 +76,8 @@ class LlmpApp(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.run_worker(self._whoami(), group="whoami", exclusive=True)
+        if self.live:
+            self.run_worker(self._whoami(), group="whoami", exclusive=True)
         self._show(self.initial)
 
     @property
@@ -151,7 +156,7 @@ class LlmpApp(App[None]):
             return
         self.connected = ok
         banner.set_class(not ok, "down")
-        if ok and self.permissions is None:
+        if ok and self.permissions is None and self.live:
             self.run_worker(self._whoami(), group="whoami", exclusive=True)
 
     # ------------------------------------------------------------------ actions

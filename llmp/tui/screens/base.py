@@ -40,10 +40,21 @@ class View(Vertical):
         return self.llmp.client
 
     # ------------------------------------------------------------------ polling
+    async def fetch(self) -> dict[str, Any]:
+        """One poll's answers from the server (override)."""
+        return {}
+
+    def show_payload(self, payload: dict[str, Any]) -> None:
+        """Render what `fetch` returned; no I/O (the snapshot tests call it with recorded
+        answers), so what a screen shows depends on the payload only (override)."""
+
     async def refresh_data(self) -> None:
-        """One poll: fetch and show (override)."""
+        """One poll: fetch, then show."""
+        self.show_payload(await self.fetch())
 
     def start(self) -> None:
+        if not self.llmp.live:
+            return
         if self._poller is not None and self._poller.is_running:
             return
         self._poller = self.run_worker(self._loop(), group="poll", exclusive=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -32,8 +33,15 @@ class BatchesView(View):
         yield Label("[b]Files[/b]")
         yield FilterTable(["ID", "FILENAME", "PURPOSE", "SIZE", "CREATED"], id="files-table")
 
-    async def refresh_data(self) -> None:
+    async def fetch(self) -> dict[str, Any]:
         batches = await self.client.request("GET", "/v1/batches", params={"limit": 100})
+        files = None
+        if self.llmp.allowed("files.read", action=False):
+            files = await self.client.request("GET", "/v1/files", params={"limit": 100})
+        return {"batches": batches, "files": files}
+
+    def show_payload(self, payload: dict[str, Any]) -> None:
+        batches = payload.get("batches") or {}
         self.batches = {b["id"]: b for b in batches.get("data", [])}
         rows = []
         for b in batches.get("data", []):
@@ -44,8 +52,8 @@ class BatchesView(View):
                                    f"{fmt.bar(frac, 16)} {frac:4.0%}", fmt.num(done),
                                    fmt.num(failed), fmt.num(total), fmt.when(b.get("created_at"))]))
         self.query_one("#batches-table", FilterTable).set_rows(rows)
-        if self.llmp.allowed("files.read", action=False):
-            files = await self.client.request("GET", "/v1/files", params={"limit": 100})
+        files = payload.get("files")
+        if files is not None:
             self.query_one("#files-table", FilterTable).set_rows([
                 (f["id"], [f["id"], f.get("filename", "-"), f.get("purpose", "-"),
                            fmt.size(f.get("bytes")), fmt.when(f.get("created_at"))])

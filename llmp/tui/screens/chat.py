@@ -34,8 +34,11 @@ class ChatView(View):
             yield Static("", id="chat-transcript")
         yield Input(placeholder="Message (enter sends)", id="chat-input")
 
-    async def refresh_data(self) -> None:
-        body = await self.client.request("GET", "/v1/models")
+    async def fetch(self) -> dict[str, Any]:
+        return {"models": await self.client.request("GET", "/v1/models")}
+
+    def show_payload(self, payload: dict[str, Any]) -> None:
+        body = payload.get("models") or {}
         ids = [m["id"] for m in body.get("data", [])]
         select: Select[str] = self.query_one("#chat-model", Select)
         current = select.value

@@ -1,6 +1,8 @@
 """Fine-tunes: jobs, the selected job's events; cancel, pause, resume."""
 from __future__ import annotations
 
+from typing import Any
+
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -30,20 +32,29 @@ class FineTunesView(View):
         yield Label("[b]Events[/b] of the selected job")
         yield Static("", id="ft-events")
 
-    async def refresh_data(self) -> None:
+    async def fetch(self) -> dict[str, Any]:
         body = await self.client.request("GET", JOBS, params={"limit": 100})
+        ids = [j["id"] for j in body.get("data", [])]
+        jid = self.query_one(FilterTable).selected_key
+        if jid not in ids:  # what the table selects once these rows are set
+            jid = ids[0] if ids else None
+        ev = None
+        if jid is not None:
+            ev = await self.client.request("GET", f"{JOBS}/{jid}/events", params={"limit": 100})
+        return {"jobs": body, "events": ev}
+
+    def show_payload(self, payload: dict[str, Any]) -> None:
+        body = payload.get("jobs") or {}
         table = self.query_one(FilterTable)
         table.set_rows([(j["id"], [j["id"], j.get("model", "-"), j.get("status", "-"),
                                    fmt.num(j.get("trained_tokens")),
                                    j.get("fine_tuned_model") or "-",
                                    fmt.when(j.get("created_at"))])
                         for j in body.get("data", [])])
-        jid = table.selected_key
         text = ""
         loss: list[float] = []
-        if jid is not None:
-            ev = (await self.client.request("GET", f"{JOBS}/{jid}/events",
-                                            params={"limit": 100})).get("data", [])
+        if payload.get("events") is not None:
+            ev = payload["events"].get("data", [])
             text = "\n".join(f"{fmt.when(e.get('created_at'))}  {e.get('level', '')}  "
                              f"{e.get('message', '')}" for e in reversed(ev[:20]))
             loss = [float(e["data"]["train_loss"]) for e in reversed(ev)

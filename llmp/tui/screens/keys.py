@@ -22,8 +22,11 @@ class KeysView(View):
         yield FilterTable(["ID", "NAME", "PERMISSIONS", "TIER", "RPM/TPM", "LIMITS", "STATUS",
                            "EXPIRES", "LAST USED"], id="keys-table")
 
-    async def refresh_data(self) -> None:
-        body = await self.client.request("GET", "/v1/auth/api-keys")
+    async def fetch(self) -> dict[str, Any]:
+        return {"keys": await self.client.request("GET", "/v1/auth/api-keys")}
+
+    def show_payload(self, payload: dict[str, Any]) -> None:
+        body = payload.get("keys") or {}
         rows = []
         for k in body.get("data", []):
             rl = k.get("rate_limit") or {}

@@ -25,11 +25,16 @@ class LogsView(View):
         yield Input(placeholder="filter (esc closes)", id="logs-filter", classes="filter")
         yield Log(id="logs-log", max_lines=KEEP)
 
-    async def refresh_data(self) -> None:
+    async def fetch(self) -> dict[str, Any]:
         if not self.llmp.allowed("admin", action=False):
-            return
+            return {}
         params = {"lines": 500} if self.log_offset is None else {"offset": self.log_offset}
-        body = await self.client.request("GET", "/v1/admin/logs", params=params)
+        return {"logs": await self.client.request("GET", "/v1/admin/logs", params=params)}
+
+    def show_payload(self, payload: dict[str, Any]) -> None:
+        body = payload.get("logs")
+        if body is None:
+            return
         rotated = self.log_offset is not None and body.get("offset", 0) < self.log_offset
         self.log_offset = body.get("offset", 0)
         new = body.get("lines") or []

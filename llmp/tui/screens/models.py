@@ -1,6 +1,8 @@
 """Models: every model the server serves, what is loaded where; load and unload."""
 from __future__ import annotations
 
+from typing import Any
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 
@@ -18,12 +20,16 @@ class ModelsView(View):
         yield FilterTable(["ID", "OWNED BY", "LOADED", "DEVICE", "SLOTS", "MEMORY", "CREATED"],
                           id="models-table")
 
-    async def refresh_data(self) -> None:
+    async def fetch(self) -> dict[str, Any]:
         models = await self.client.request("GET", "/v1/models")
-        loaded: dict[str, dict] = {}
+        admin = None
         if self.llmp.allowed("admin", action=False):
-            body = await self.client.request("GET", "/v1/admin/models")
-            loaded = {m["id"]: m for m in body.get("data", [])}
+            admin = await self.client.request("GET", "/v1/admin/models")
+        return {"models": models, "admin_models": admin}
+
+    def show_payload(self, payload: dict[str, Any]) -> None:
+        models = payload.get("models") or {}
+        loaded = {m["id"]: m for m in (payload.get("admin_models") or {}).get("data", [])}
         rows = []
         for m in models.get("data", []):
             st = loaded.get(m["id"])

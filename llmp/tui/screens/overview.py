@@ -39,10 +39,9 @@ class OverviewView(View):
         yield FilterTable(["MODEL", "STATE", "DEVICE", "SLOTS BUSY", "FREE", "QUEUE", "TOK/S",
                            "MEMORY", "KEEP-ALIVE"], id="ov-models")
 
-    async def refresh_data(self) -> None:
+    async def fetch(self) -> dict[str, Any]:
         health = await self._health()
         text = await self.client.request("GET", "/metrics")
-        samples = m.parse(text.decode() if isinstance(text, bytes) else str(text))
         loaded: list[dict] | None = None
         status: dict | None = None
         if self.llmp.allowed("admin", action=False):
@@ -51,7 +50,16 @@ class OverviewView(View):
                 status = await self.client.request("GET", "/v1/admin/status")
             except (PermissionDeniedError, NotFoundError):  # not admin; an older server
                 pass
-        now = time.monotonic()
+        return {"health": health, "metrics": text.decode() if isinstance(text, bytes)
+                else str(text), "admin_models": loaded, "status": status,
+                "now": time.monotonic()}
+
+    def show_payload(self, payload: dict[str, Any]) -> None:
+        health: dict = payload.get("health") or {}
+        samples = m.parse(payload.get("metrics") or "")
+        loaded: list[dict] | None = payload.get("admin_models")
+        status: dict | None = payload.get("status")
+        now = float(payload.get("now") or time.monotonic())
         tokens = m.total(samples, "llmp_completion_tokens_total")
         reqs = m.served(samples)
         tps = self.tokens.add(now, tokens)

@@ -52,7 +52,7 @@ class UsageView(View):
         self.granularity = "hour" if self.granularity == "day" else "day"
         self.run_worker(self.poll_once(), group="action")
 
-    async def refresh_data(self) -> None:
+    async def fetch(self) -> dict[str, Any]:
         end = dt.datetime.now(dt.UTC).date()
         start = end - dt.timedelta(days=self.days - 1)
         body = await self.client.request("GET", "/v1/usage", params={
@@ -62,7 +62,10 @@ class UsageView(View):
             billing = await self.client.request("GET", "/v1/usage/billing")
         except Exception:  # noqa: BLE001 - billing is a bonus; the usage still shows
             billing = None
-        self.show(body, billing)
+        return {"usage": body, "billing": billing}
+
+    def show_payload(self, payload: dict[str, Any]) -> None:
+        self.show(payload.get("usage") or {}, payload.get("billing"))
 
     def show(self, body: dict, billing: dict | None) -> None:
         """Render a /v1/usage body (and a billing body); cheap when nothing changed."""
