@@ -87,7 +87,9 @@ def test_request_bodies_come_from_the_models(doc):
                        ("/v1/batches", "CreateBatchRequest"),
                        ("/v1/webhooks", "CreateWebhookRequest"),
                        ("/v1/embeddings", "EmbeddingRequest"),
-                       ("/v1/moderations", "ModerationRequest")):
+                       ("/v1/moderations", "ModerationRequest"),
+                       ("/v1/admin/models/{model_id}/price", "SetPriceRequest"),
+                       ("/v1/admin/models/{model_id}/aliases", "ModelAliasesRequest")):
         assert paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
             "$ref": f"#/components/schemas/{name}"}, path
     form = paths["/v1/files"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]

@@ -414,3 +414,68 @@ def test_admin_status_endpoint(server):
     assert body["uptime_s"] >= 0 and body["events"]["counts"]["tui.test"] >= 1
     assert {"id": event.id, "type": "tui.test", "created_at": event.created_at,
             "key_id": "key_x"} in body["events"]["recent"]
+
+
+async def test_models_screen_sets_prices_and_aliases(server):
+    """`p` and `a` on the Models screen go through POST /v1/admin/models/{id}/price and
+    /aliases (admin only); the API then charges and resolves accordingly."""
+    reader = server.make_key(permissions=("models.read",))
+    assert server.request("POST", "/v1/admin/models/tiny/price", key=reader,
+                          json={"input_price": 1})[0] == 403
+    assert server.request("POST", "/v1/admin/models/tiny/price",
+                          json={"input_price": -1})[0] == 400
+    assert server.request("POST", "/v1/admin/models/tiny/price", json={})[0] == 400
+    assert server.request("POST", "/v1/admin/models/nope/price",
+                          json={"input_price": 1})[0] == 404
+    status, _, body = server.request("POST", "/v1/admin/models/tiny/aliases",
+                                     json={"remove": ["not-an-alias"]})
+    assert status == 404 and body["error"]["param"] == "alias"
+    before = server.request("GET", "/v1/models/tiny")[2]["pricing"]
+
+    app = LlmpApp(server.url, server.admin_key, poll_interval=POLL, initial="models")
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: app.permissions == {"admin"}, what="permissions")
+            view = app.view_of("models")
+            await until(pilot, lambda: "tiny" in dict(rows(app, "models")), what="tiny listed")
+            assert {"price", "aliases"} <= actions(app)
+            assert view.query_one(FilterTable).select("tiny")
+
+            await pilot.press("p")
+            await until(pilot, lambda: isinstance(app.screen, FormScreen), what="price form")
+            app.screen.query_one("#field-input_price", Input).value = "0.25"
+            app.screen.query_one("#field-output_price", Input).value = "0.5"
+            app.screen.query_one("#field-currency", Input).value = "eur"
+            await pilot.click("#save")
+            await until(pilot, lambda: server.request("GET", "/v1/models/tiny")[2]["pricing"][
+                "input_tokens"] == 0.25, what="the price set")
+            pricing = server.request("GET", "/v1/models/tiny")[2]["pricing"]
+            assert (pricing["output_tokens"], pricing["currency"]) == (0.5, "EUR")
+            await until(pilot, lambda: dict(rows(app, "models"))["tiny"][6] == "0.25/0.5 EUR",
+                        what="the new price shown")
+
+            await pilot.press("a")
+            await until(pilot, lambda: isinstance(app.screen, FormScreen), what="alias form")
+            app.screen.query_one("#field-add", Input).value = "tui-alias, tui-alias2"
+            await pilot.click("#save")
+            await until(pilot, lambda: server.request("GET", "/v1/models/tui-alias")[0] == 200,
+                        what="the alias resolving")
+            detail = server.request("GET", "/v1/models/tui-alias2")[2]
+            assert detail["id"] == "tiny"
+            assert detail["details"]["aliases"] == ["tui-alias", "tui-alias2"]
+            await until(pilot, lambda: "tui-alias2" in str(
+                view.query_one("#models-detail").render()), what="the aliases shown")
+
+            await pilot.press("a")
+            await until(pilot, lambda: isinstance(app.screen, FormScreen), what="alias form")
+            app.screen.query_one("#field-remove", Input).value = "tui-alias"
+            await pilot.click("#save")
+            await until(pilot, lambda: server.request("GET", "/v1/models/tui-alias")[0] == 404,
+                        what="the alias removed")
+            assert server.request("GET", "/v1/models/tui-alias2")[0] == 200
+    finally:  # the module's server is shared: put things back
+        server.request("POST", "/v1/admin/models/tiny/aliases",
+                       json={"remove": ["tui-alias2"]})
+        server.request("POST", "/v1/admin/models/tiny/price", json={
+            "input_price": before["input_tokens"], "output_price": before["output_tokens"],
+            "currency": before["currency"]})

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from llmp.tui.app import VIEWS, LlmpApp
+from llmp.tui.widgets.table import FilterTable
 
 DATA = Path(__file__).parent / "data" / "tui"
 URL = "http://127.0.0.1:8000"
@@ -34,6 +35,9 @@ def app_showing(vid: str) -> tuple[LlmpApp, object]:
             view.show_result(payload["result"])  # type: ignore[attr-defined]
         else:
             view.show_payload(payload)
+        if vid == "models":  # the row of the model the detail line shows
+            await pilot.pause()
+            view.query_one(FilterTable).select(payload["selected"]["id"])
         await pilot.pause()
 
     return app, run_before

@@ -82,6 +82,14 @@ def set_alias(db: Database, alias: str, model_id: str) -> None:
         db.table("model_aliases").upsert({"alias": alias, "model_id": model_id}, pk="alias")
 
 
+def delete_alias(db: Database, alias: str, model_id: str) -> bool:
+    """Remove `alias` of `model_id`; False when it is not one of its aliases."""
+    with _lock:
+        cur = db.execute("delete from model_aliases where alias = ? and model_id = ?",
+                         [alias, model_id])
+    return bool(cur.rowcount)
+
+
 def update(db: Database, model_id: str, changes: dict[str, Any]) -> dict:
     ch = dict(changes)
     for k in _JSON:

@@ -222,6 +222,15 @@ def add_alias(db: Database, alias: str, id_or_alias: str) -> dict:
     return rec
 
 
+def remove_alias(db: Database, alias: str, id_or_alias: str) -> dict:
+    """Remove an alias of a model; NotFoundError when it is not one of its aliases."""
+    rec = resolve(db, id_or_alias)
+    if not db_models.delete_alias(db, alias, rec["id"]):
+        raise NotFoundError(f"{alias!r} is not an alias of {rec['id']!r}", param="alias",
+                            code="alias_not_found")
+    return rec
+
+
 def set_price(db: Database, id_or_alias: str, *, input_price: float | None = None,
               output_price: float | None = None, currency: str | None = None,
               training_price: float | None = None) -> dict:

@@ -7,6 +7,7 @@ from llmp.db import models as db_models
 from llmp.engine.pool import ModelSpec
 from llmp.errors import InvalidRequestError, NotFoundError
 from llmp.models import registry
+from llmp.protocol.admin import ModelAliasesRequest, SetPriceRequest
 from llmp.protocol.base import parse
 from llmp.protocol.resources import MODEL_CATEGORIES, MODEL_SIZES, ModelsQuery
 
@@ -96,6 +97,31 @@ def get(db, model_id: str, extra: dict[str, dict] | None = None) -> dict:
         return registry.to_api(extra[model_id], detailed=True)
     m = registry.resolve(db, model_id)
     return registry.to_api(m, detailed=True, aliases=db_models.aliases(db, m["id"]))
+
+
+def set_price(db, model_id: str, body: SetPriceRequest) -> dict:
+    """POST /v1/admin/models/{id}/price (what `llmp models set-price` does): the model after."""
+    if body.input_price is None and body.output_price is None and body.currency is None \
+            and body.training_price is None:
+        raise InvalidRequestError("give input_price, output_price, training_price and/or "
+                                  "currency", param="input_price")
+    rec = registry.set_price(db, model_id, input_price=body.input_price,
+                             output_price=body.output_price, currency=body.currency,
+                             training_price=body.training_price)
+    return get(db, rec["id"])
+
+
+def update_aliases(db, model_id: str, body: ModelAliasesRequest) -> dict:
+    """POST /v1/admin/models/{id}/aliases (what `llmp models alias` does): the model after,
+    with its aliases."""
+    rec = registry.resolve(db, model_id)
+    if not body.add and not body.remove:
+        raise InvalidRequestError("give aliases to add and/or remove", param="add")
+    for alias in body.add:
+        registry.add_alias(db, alias, rec["id"])
+    for alias in body.remove:
+        registry.remove_alias(db, alias, rec["id"])
+    return get(db, rec["id"])
 
 
 def list_page(db, query: dict | ModelsQuery | None = None, *,

@@ -11,6 +11,11 @@ POST /v1/admin/models/load   {"model": ID} -> the loaded model (waits for the lo
 POST /v1/admin/models/unload {"model": ID, "force": false} -> {"id", "unloaded": bool};
                               a model with requests in flight is refused unless `force`
                               (they then end with 503)
+POST /v1/admin/models/{id}/price   {"input_price", "output_price", "training_price",
+                              "currency"} (per 1K tokens; what is left out is kept) -> the
+                              model as GET /v1/models/{id} shows it (`llmp models set-price`)
+POST /v1/admin/models/{id}/aliases {"add": [...], "remove": [...]} -> the model with its
+                              aliases (`llmp models alias`)
 """
 from __future__ import annotations
 
@@ -21,11 +26,17 @@ from typing import Any
 from aiohttp import web
 
 from llmp.errors import InvalidRequestError
-from llmp.protocol.admin import LoadModelRequest, UnloadModelRequest
+from llmp.protocol.admin import (
+    LoadModelRequest,
+    ModelAliasesRequest,
+    SetPriceRequest,
+    UnloadModelRequest,
+)
 from llmp.protocol.base import parse
 from llmp.server.auth import requires
 from llmp.server.middleware import read_json
-from llmp.server.state import POOL, SETTINGS
+from llmp.server.state import DB, POOL, SETTINGS
+from llmp.services import models as models_service
 
 log = logging.getLogger("llmp.server")
 
@@ -75,7 +86,24 @@ async def unload(request: web.Request) -> web.Response:
     return web.json_response({"id": spec.id, "unloaded": await pool.unload(spec.id)})
 
 
+@requires("admin")
+async def set_price(request: web.Request) -> web.Response:
+    body = parse(SetPriceRequest, await read_json(request))
+    return web.json_response(models_service.set_price(
+        request.app[DB], request.match_info["model_id"], body))
+
+
+@requires("admin")
+async def update_aliases(request: web.Request) -> web.Response:
+    body = parse(ModelAliasesRequest, await read_json(request))
+    return web.json_response(models_service.update_aliases(
+        request.app[DB], request.match_info["model_id"], body))
+
+
 def setup(app: web.Application) -> None:
     app.router.add_get("/v1/admin/models", list_loaded)
     app.router.add_post("/v1/admin/models/load", load)
     app.router.add_post("/v1/admin/models/unload", unload)
+    # ids may hold slashes ("Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M")
+    app.router.add_post("/v1/admin/models/{model_id:.+}/price", set_price)
+    app.router.add_post("/v1/admin/models/{model_id:.+}/aliases", update_aliases)

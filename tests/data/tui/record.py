@@ -79,17 +79,27 @@ def normalize(payloads: dict, url: str, home: Path) -> dict:
     return walk(payloads)
 
 
-async def record(srv, out: Path) -> None:
+async def record(srv, out: Path, only: list[str]) -> None:
     from llmp.tui.app import VIEWS, LlmpApp
+    from llmp.tui.widgets.table import FilterTable
 
     app = LlmpApp(srv.url, srv.admin_key, live=False, permissions={"admin"})
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause()
         for _, vid, _ in VIEWS:
-            payload = await app.view_of(vid).fetch()
+            if only and vid not in only:
+                continue
+            view = app.view_of(vid)
+            if vid == "models":  # the model whose aliases the detail line shows
+                view.show_payload(await view.fetch())
+                await pilot.pause()
+                view.query_one(FilterTable).select("tiny")
+            payload = await view.fetch()
             payload.pop("now", None)
             (out / f"{vid}.json").write_text(json.dumps(normalize(payload, srv.url, srv.settings.home), indent=1,
                                                         sort_keys=True) + "\n")
+    if only and "moderation" not in only:
+        return
     status, _, body = srv.request("POST", "/v1/moderations",
                                   json={"model": "guard", "input": "I want to hurt someone"})
     assert status == 200, body
@@ -131,6 +141,9 @@ def main() -> None:
     with start_server(tmp / "home", model, slot_ctx=2048, n_slots=2) as srv:
         logs.setup(srv.settings.home, "text", "info", stderr=False)
         registry.register(srv.db, model, model_id="guard")
+        srv.request("POST", "/v1/admin/models/tiny/price",
+                    json={"input_price": 0.01, "output_price": 0.03})
+        srv.request("POST", "/v1/admin/models/tiny/aliases", json={"add": ["small", "default"]})
         set_guard(srv.db, "guard", "llama-guard-3")
         srv.make_key(name="reader", permissions=("models.read",))
         srv.make_key(name="batcher", permissions=("inference", "batches.write", "files.write"),
@@ -158,7 +171,7 @@ def main() -> None:
             time.sleep(1.0)  # let the test delivery be attempted (recording only, not a test)
         fine_tune(srv, tmp)
         out = HERE
-        asyncio.run(record(srv, out))
+        asyncio.run(record(srv, out, sys.argv[1:]))
     print("recorded into", out)
 
 
