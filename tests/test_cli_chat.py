@@ -13,12 +13,14 @@ def test_chat_session(server, cli, monkeypatch, tmp_path):
     saved = tmp_path / "chat.md"
     script = "\n".join(["/help", "/system Be brief.", "Hello there", '"""', "line one",
                         "line two", '"""', f"/save {saved}", "/model nope", "/model [/x]", "/nope[/red]",
+                        f"/save {tmp_path / 'no-such-dir' / 'x.md'}",
                         "/exit"]) + "\n"
     r = cli("chat", "--model", "tiny", input=script)
     assert r.exit_code == 0, r.stderr
     assert "/clear" in r.stdout and "Be brief." in r.stdout and "'nope' not found" in r.stdout
     # errors that carry rich markup characters are printed as text, not parsed
     assert "'[/x]' not found" in r.stdout and "Unknown command /nope[/red]" in r.stdout
+    assert "Error: /save " in r.stdout and "No such file or directory" in r.stdout  # chat went on
     text = saved.read_text()
     assert "Hello there" in text and "line one\nline two" in text and "Be brief." in text
     db = open_home(load_settings())

@@ -136,4 +136,6 @@ def test_cli_files(server, cli, tmp_path, monkeypatch):
     r = cli("files", "show", fid)
     assert r.exit_code == 4 and "No such file" in r.stderr
     r = cli("files", "upload", src, "--purpose", "nope")
-    assert r.exit_code == 2 and "purpose" in r.stderr
+    assert r.exit_code == 2 and "Invalid --purpose: 'nope'" in r.stderr  # the flag, not the field
+    r = cli("files", "list", "--limit", "0")
+    assert r.exit_code == 2 and "Invalid --limit" in r.stderr

@@ -161,7 +161,8 @@ def list_(limit: Annotated[int, typer.Option(help="At most this many (newest fir
 
       llmp batch list --limit 5
     """
-    rows = api_client().request("GET", "/v1/batches", params={"limit": limit})["data"]
+    with flags(limit="--limit"):
+        rows = api_client().request("GET", "/v1/batches", params={"limit": limit})["data"]
     print_rows(rows, json_out, ("id", "status", "endpoint", "completed", "failed", "total", "created"),
                lambda b: (b["id"], b["status"], b["endpoint"], str(b["request_counts"]["completed"]),
                           str(b["request_counts"]["failed"]), str(b["request_counts"]["total"]),
@@ -232,6 +233,11 @@ def results(
 @app.command()
 def cancel(batch_id: Annotated[str, typer.Argument(help="The batch's id (batch_...).")],
     url: UrlOpt = None, api_key: ApiKeyOpt = None) -> None:
-    """Cancel a batch: finished lines are kept, the rest are reported cancelled."""
+    """Cancel a batch: finished lines are kept, the rest are reported cancelled.
+
+    Example:
+
+      llmp batch cancel batch_abc123
+    """
     b = api_client().request("POST", f"/v1/batches/{batch_id}/cancel")
     console.print(f"{b['id']}: {b['status']}")

@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.markdown import Markdown
 from rich.markup import escape
 
-from llmp.cli.ui import ApiKeyOpt, UrlOpt, console, err_console
+from llmp.cli.ui import ApiKeyOpt, UrlOpt, console, err_console, flags
 from llmp.cli.ui import client as api_client
 from llmp.client import Client
 from llmp.config import load_settings
@@ -142,7 +142,9 @@ def _reply_fitting_context(client: Client, session: dict, history: list[dict]) -
     sent = list(history)
     while True:
         try:
-            return _stream_reply(client, session["model"], chat_service.api_messages(session, sent))
+            with flags(max_tokens="--max-tokens"):
+                return _stream_reply(client, session["model"],
+                                     chat_service.api_messages(session, sent))
         except LlmpError as e:
             if e.code != "context_length_exceeded" or len(sent) <= 1:
                 raise
@@ -161,7 +163,8 @@ def _command(line: str, client: Client, db, session: dict, history: list[dict]) 
         console.print(HELP)
     elif cmd == "/model":
         if arg:
-            client.request("GET", f"/v1/models/{arg}")  # NotFoundError when unknown
+            with flags(model="/model"):
+                client.request("GET", f"/v1/models/{arg}")  # NotFoundError when unknown
             chat_service.update(db, session, model=arg)
         console.print(f"model: [bold]{session['model']}[/bold]")
     elif cmd == "/system":
@@ -174,7 +177,10 @@ def _command(line: str, client: Client, db, session: dict, history: list[dict]) 
         console.print("Conversation cleared.")
     elif cmd == "/save":
         path = Path(arg or f"chat-{session['id']}.md")
-        path.write_text(chat_service.to_markdown(session, history))
+        try:
+            path.write_text(chat_service.to_markdown(session, history))
+        except OSError as e:  # the chat goes on; the error names the command
+            raise InvalidRequestError(f"/save {path}: {e.strerror or e}") from None
         console.print(f"Saved to {path}")
     else:
         console.print(f"[red]Unknown command {escape(cmd)}[/red] (/help lists them)")
@@ -208,7 +214,8 @@ def chat(
     MAX_TOKENS["value"] = max_tokens
     client = api_client(settings=settings)
     if model:  # an unknown model is one red line and a non-zero exit, before any session
-        client.request("GET", f"/v1/models/{model}")
+        with flags(model="--model"):
+            client.request("GET", f"/v1/models/{model}")
     person = interactive()
     info = console if person else err_console  # piped: stdout holds the replies only
     db = open_home(settings)

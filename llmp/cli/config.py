@@ -67,5 +67,12 @@ def show(json_out: JsonOpt = False) -> None:
 
 @app.command()
 def path() -> None:
-    """Print the config file's path ($LLMP_HOME/llmp.toml), whether or not it exists."""
+    """Print the config file's path ($LLMP_HOME/llmp.toml), whether or not it exists.
+
+    Examples:
+
+      llmp config path
+
+      $EDITOR "$(llmp config path)"
+    """
     typer.echo(str(load_settings().config_path))

@@ -70,7 +70,14 @@ def _home(settings) -> dict[str, Any]:
 
 
 def doctor(json_: JsonOpt = False) -> None:
-    """Check the installation: Python, llama.cpp build and GPU offload, home, DB, disk."""
+    """Check the installation: Python, llama.cpp build and GPU offload, home, DB, disk.
+
+    Examples:
+
+      llmp doctor
+
+      llmp doctor --json | jq .llama_cpp
+    """
     settings = load_settings()
     report: dict[str, Any] = {
         "llmp": __version__,

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmp.cli.ui import ApiKeyOpt, JsonOpt, UrlOpt, console, print_json
+from llmp.cli.ui import ApiKeyOpt, JsonOpt, UrlOpt, console, flags, print_json
 from llmp.cli.ui import client as api_client
 from llmp.client import Client
 from llmp.errors import InvalidRequestError, NotFoundError
@@ -34,7 +34,14 @@ def embed(
     url: UrlOpt = None,
     api_key: ApiKeyOpt = None,
 ) -> None:
-    """Embed texts with an embedding model of the running server."""
+    """Embed texts with an embedding model of the running server.
+
+    Examples:
+
+      llmp embed 'hello world' -m embed
+
+      echo 'some text' | llmp embed - --json
+    """
     texts = [sys.stdin.read() if t == "-" else t for t in text]
     if not texts or any(not t for t in texts):
         raise InvalidRequestError("give non-empty texts to embed", param="text")
@@ -43,7 +50,8 @@ def embed(
                   "encoding_format": "float"}
     if dimensions is not None:
         body["dimensions"] = dimensions
-    resp = client.request("POST", "/v1/embeddings", json=body)
+    with flags(input="TEXT", model="--model", dimensions="--dimensions"):
+        resp = client.request("POST", "/v1/embeddings", json=body)
     if json_out:
         print_json(resp)
         return

@@ -13,6 +13,7 @@ from llmp.cli.ui import (
     UrlOpt,
     console,
     err_console,
+    flags,
     human_bytes,
     print_json,
     print_rows,
@@ -60,7 +61,8 @@ def upload(
 
       llmp files upload requests.jsonl --purpose batch
     """
-    f = upload_file(api_client(), path, purpose)
+    with flags(purpose="--purpose", file="PATH"):
+        f = upload_file(api_client(), path, purpose)
     if json_out:
         print_json(f)
         return
@@ -82,7 +84,9 @@ def list_(
 
       llmp files list --purpose batch_output --limit 10
     """
-    files = api_client().request("GET", "/v1/files", params={"purpose": purpose, "limit": limit})["data"]
+    with flags(purpose="--purpose", limit="--limit"):
+        files = api_client().request("GET", "/v1/files",
+                                     params={"purpose": purpose, "limit": limit})["data"]
     print_rows(files, json_out, ("id", "filename", "purpose", "size", "created", "status"),
                lambda f: (f["id"], f["filename"], f["purpose"], human_bytes(f["bytes"]),
                           when(f["created_at"]), f["status"]),
@@ -93,7 +97,14 @@ def list_(
 def show(file_id: Annotated[str, typer.Argument(help="The file's id (file_...).")],
          json_out: JsonOpt = False,
     url: UrlOpt = None, api_key: ApiKeyOpt = None) -> None:
-    """Show a file's details."""
+    """Show a file's details.
+
+    Examples:
+
+      llmp files show file_abc123
+
+      llmp files show file_abc123 --json
+    """
     f = api_client().request("GET", f"/v1/files/{file_id}")
     if json_out:
         print_json(f)
@@ -132,6 +143,11 @@ def download(
 @app.command()
 def rm(file_id: Annotated[str, typer.Argument(help="The file's id (file_...).")],
     url: UrlOpt = None, api_key: ApiKeyOpt = None) -> None:
-    """Delete a file."""
+    """Delete a file.
+
+    Example:
+
+      llmp files rm file_abc123
+    """
     api_client().request("DELETE", f"/v1/files/{file_id}")
     console.print(f"Deleted {file_id}.")

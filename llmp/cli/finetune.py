@@ -19,6 +19,7 @@ from llmp.cli.ui import (
     UrlOpt,
     console,
     err_console,
+    flags,
     print_json,
     print_rows,
     when,
@@ -111,6 +112,14 @@ def _summary(job: dict) -> None:
                           f"{escape(job['error'].get('message') or '')}")
 
 
+_HP = "method.supervised.hyperparameters."
+#: the request's fields -> the flags of `llmp finetune create` (errors name what was typed)
+CREATE_FLAGS = {"model": "--model", "training_file": "FILE", "validation_file": "--validation",
+                f"{_HP}n_epochs": "--epochs", f"{_HP}batch_size": "--batch-size",
+                f"{_HP}learning_rate_multiplier": "--lr-multiplier", "suffix": "--suffix",
+                "seed": "--seed", "lora.rank": "--rank"}
+
+
 @app.command()
 def create(
     path: Annotated[Path, typer.Argument(metavar="FILE", help="Training data: JSONL, one "
@@ -133,7 +142,14 @@ def create(
     url: UrlOpt = None,
     api_key: ApiKeyOpt = None,
 ) -> None:
-    """Validate FILE locally, upload it and start a fine-tuning job."""
+    """Validate FILE locally, upload it and start a fine-tuning job.
+
+    Examples:
+
+      llmp finetune create train.jsonl -m qwen-0.5b --wait
+
+      llmp finetune create train.jsonl -m qwen-0.5b --validation val.jsonl --epochs 3
+    """
     n = _check(path, "training_file", 10)
     if validation is not None:
         _check(validation, "validation_file", 1)
@@ -151,7 +167,8 @@ def create(
         body["seed"] = seed
     if rank is not None:
         body["lora"] = {"rank": rank}
-    job = client.request("POST", "/v1/fine_tuning/jobs", json=body)
+    with flags(**CREATE_FLAGS):
+        job = client.request("POST", "/v1/fine_tuning/jobs", json=body)
     if not wait:
         if json_out:
             print_json(job)
@@ -172,8 +189,16 @@ def create(
 @app.command("list")
 def list_(limit: Annotated[int, typer.Option(help="At most this many (newest first).")] = 20,
           json_out: JsonOpt = False, url: UrlOpt = None, api_key: ApiKeyOpt = None) -> None:
-    """List fine-tuning jobs, newest first."""
-    rows = api_client().request("GET", "/v1/fine_tuning/jobs", params={"limit": limit})["data"]
+    """List fine-tuning jobs, newest first.
+
+    Examples:
+
+      llmp finetune list
+
+      llmp finetune list --limit 5 --json
+    """
+    with flags(limit="--limit"):
+        rows = api_client().request("GET", "/v1/fine_tuning/jobs", params={"limit": limit})["data"]
     print_rows(rows, json_out, ("id", "status", "model", "fine_tuned_model", "created"),
                lambda j: (j["id"], j["status"], j["model"], j["fine_tuned_model"] or "",
                           when(j["created_at"])),
@@ -183,7 +208,12 @@ def list_(limit: Annotated[int, typer.Option(help="At most this many (newest fir
 @app.command()
 def show(job_id: JobId, json_out: JsonOpt = False, url: UrlOpt = None,
          api_key: ApiKeyOpt = None) -> None:
-    """A job's status, hyper-parameters, result and error."""
+    """A job's status, hyper-parameters, result and error.
+
+    Example:
+
+      llmp finetune show ftjob-abc123
+    """
     job = api_client().request("GET", f"/v1/fine_tuning/jobs/{job_id}")
     if json_out:
         print_json(job)
@@ -204,7 +234,14 @@ def events(job_id: JobId,
                                                 "events until the job ends.")] = False,
            limit: Annotated[int, typer.Option(help="The last this many events.")] = 50,
            json_out: JsonOpt = False, url: UrlOpt = None, api_key: ApiKeyOpt = None) -> None:
-    """A job's events, oldest first."""
+    """A job's events, oldest first.
+
+    Examples:
+
+      llmp finetune events ftjob-abc123 -f
+
+      llmp finetune events ftjob-abc123 --limit 10
+    """
     client = api_client()
     seen: set[str] = set()
     while True:
@@ -230,7 +267,12 @@ def events(job_id: JobId,
 @app.command()
 def checkpoints(job_id: JobId, json_out: JsonOpt = False, url: UrlOpt = None,
                 api_key: ApiKeyOpt = None) -> None:
-    """A job's checkpoints (one per epoch), each servable as a model."""
+    """A job's checkpoints (one per epoch), each servable as a model.
+
+    Example:
+
+      llmp finetune checkpoints ftjob-abc123
+    """
     rows = api_client().request("GET", f"/v1/fine_tuning/jobs/{job_id}/checkpoints",
                                 params={"limit": 100})["data"]
     print_rows(rows, json_out, ("step", "train_loss", "valid_loss", "model"),
@@ -252,6 +294,7 @@ def _action(verb: str):
     command.__doc__ = {"cancel": "Cancel a job (its worker stops within seconds).",
                        "pause": "Pause a job; `resume` continues from its last checkpoint.",
                        "resume": "Resume a paused job from its last checkpoint."}[verb]
+    command.__doc__ += f"\n\n    Example:\n\n      llmp finetune {verb} ftjob-abc123\n    "
     return command
 
 
@@ -386,5 +429,12 @@ def bench(model: Annotated[str, typer.Option("--model", "-m", help="A model with
           batch_size: Annotated[int, typer.Option()] = 4,
           rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
           json_out: JsonOpt = False, url: UrlOpt = None, api_key: ApiKeyOpt = None) -> None:
-    """Training tokens/s through the job system against the same loop run directly."""
+    """Training tokens/s through the job system against the same loop run directly.
+
+    Examples:
+
+      llmp finetune bench -m qwen-0.5b
+
+      llmp finetune bench -m qwen-0.5b --examples 32 --epochs 1 --json
+    """
     bench_finetune(model, examples, epochs, batch_size, rank=rank, json_out=json_out)

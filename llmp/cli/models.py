@@ -172,6 +172,12 @@ def convert(
 
     A hub repo is downloaded first into $LLMP_HOME/models/hf/ (resumable; honours HF_TOKEN
     and HF_ENDPOINT). Tensors are converted one at a time, so memory stays bounded.
+
+    Examples:
+
+      llmp models convert ./Qwen2.5-0.5B-Instruct --outtype q8_0
+
+      llmp models convert Qwen/Qwen2.5-0.5B-Instruct --name qwen-0.5b
     """
     from llmp.models import convert as conv
 
@@ -220,6 +226,10 @@ def add_adapter(
     A PEFT folder is converted to a GGUF adapter in $LLMP_HOME/adapters/. Refused, with
     nothing registered: DoRA, LoRA on embeddings or lm_head, modules_to_save, LoRA biases,
     and an adapter whose architecture or shapes do not match the base.
+
+    Example:
+
+      llmp models add-adapter ./my-lora --base qwen-0.5b --name qwen-0.5b-support
     """
     settings, db = _open()
     rec = registry.register_adapter(db, settings, src, base, model_id=name, scale=scale)
@@ -271,7 +281,14 @@ def _api(db, rec: dict) -> dict:
 
 @app.command()
 def show(model: ModelArg, json_: JsonOpt = False) -> None:
-    """Show one model: metadata, pricing, source and file."""
+    """Show one model: metadata, pricing, source and file.
+
+    Examples:
+
+      llmp models show tiny
+
+      llmp models show tiny --json
+    """
     _, db = _open()
     data = _api(db, registry.resolve(db, model))
     if json_:
@@ -297,7 +314,14 @@ def _flatten(data: dict, prefix: str = "") -> Iterator[tuple[str, str]]:
 
 @app.command()
 def rm(model: ModelArg, yes: YesOpt = False) -> None:
-    """Unregister a model; its file is deleted when it lives in the home's models/ folder."""
+    """Unregister a model; its file is deleted when it lives in the home's models/ folder.
+
+    Examples:
+
+      llmp models rm tiny
+
+      llmp models rm tiny -y
+    """
     settings, db = _open()
     rec = registry.resolve(db, model)
     if not yes and not typer.confirm(f"Remove {rec['id']} ({rec['path']})?", default=False):
@@ -311,7 +335,12 @@ def rm(model: ModelArg, yes: YesOpt = False) -> None:
 @app.command()
 def alias(model: ModelArg,
           name: Annotated[str, typer.Argument(help="The alias (any text without spaces).")]) -> None:
-    """Add another name for a model (requests may use either)."""
+    """Add another name for a model (requests may use either).
+
+    Example:
+
+      llmp models alias qwen2.5-0.5b-instruct:q4_k_m qwen
+    """
     _, db = _open()
     rec = registry.add_alias(db, name, model)
     console.print(f"{name} -> {rec['id']}")
@@ -328,7 +357,12 @@ def set_price(
     training_price: Annotated[Optional[float], typer.Option(
         "--training", help="Price per 1K trained tokens of fine-tuning jobs on this model.")] = None,
 ) -> None:
-    """Set a model's prices per 1K tokens (used by usage and billing)."""
+    """Set a model's prices per 1K tokens (used by usage and billing).
+
+    Example:
+
+      llmp models set-price tiny --input 0.0005 --output 0.0015 --currency USD
+    """
     if input_price is None and output_price is None and currency is None \
             and training_price is None:
         raise typer.BadParameter("give --input, --output, --training and/or --currency")
@@ -348,7 +382,14 @@ def set_guard(
         "from the model's "
         "metadata); 'none' unmarks the model.")] = None,
 ) -> None:
-    """Mark a model as a guard (safety classifier) serving POST /v1/moderations."""
+    """Mark a model as a guard (safety classifier) serving POST /v1/moderations.
+
+    Examples:
+
+      llmp models set-guard llama-guard-3-1b
+
+      llmp models set-guard my-model --profile none
+    """
     from llmp.services.moderation import set_guard as mark
 
     _, db = _open()
@@ -361,7 +402,10 @@ def set_guard(
 
 
 @app.command(help="Quantize a registered model with llama.cpp and register the result.\n\n"
-                  f"Types (by precision): {_QUANT_HELP}.")
+                  f"Types (by precision): {_QUANT_HELP}.\n\n"
+                  "Examples:\n\n"
+                  "llmp models quantize qwen-0.5b-f16 -t Q4_K_M\n\n"
+                  "llmp models quantize qwen-0.5b-f16 -t Q8_0 --name qwen-0.5b:q8")
 def quantize(
     model: ModelArg,
     type_: Annotated[str, typer.Option("--type", "-t", help="Target type, e.g. Q4_K_M.")],

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from llmp.cli.ui import ApiKeyOpt, JsonOpt, UrlOpt, console, print_json
+from llmp.cli.ui import ApiKeyOpt, JsonOpt, UrlOpt, console, flags, print_json
 from llmp.cli.ui import client as api_client
 from llmp.errors import InvalidRequestError
 
@@ -21,14 +21,22 @@ def moderate(
     url: UrlOpt = None,
     api_key: ApiKeyOpt = None,
 ) -> None:
-    """Classify texts for safety with the server's guard model: a table of categories and scores."""
+    """Classify texts for safety with the server's guard model: a table of categories and scores.
+
+    Examples:
+
+      llmp moderate 'how do I bake bread?'
+
+      echo 'some text' | llmp moderate - --json
+    """
     texts = [sys.stdin.read() if t == "-" else t for t in text]
     if not texts:
         raise InvalidRequestError("give texts to classify", param="text")
     body: dict = {"input": texts[0] if len(texts) == 1 else texts}
     if model:
         body["model"] = model
-    resp = api_client().request("POST", "/v1/moderations", json=body)
+    with flags(input="TEXT", model="--model"):
+        resp = api_client().request("POST", "/v1/moderations", json=body)
     if json_out:
         print_json(resp)
         return

@@ -20,6 +20,12 @@ def tui(
 
     Keys: 1-9, 0 switch screens; / filters; ctrl+p palette; ? help; esc back; q quits.
     NO_COLOR=1 renders without colour.
+
+    Examples:
+
+      llmp tui
+
+      llmp tui --readonly --interval 5
     """
     from llmp.client import AsyncClient
     from llmp.tui.app import LlmpApp

@@ -55,7 +55,14 @@ def add(
 @app.command("list")
 def list_(json_out: JsonOpt = False,
     url: UrlOpt = None, api_key: ApiKeyOpt = None) -> None:
-    """List endpoints."""
+    """List endpoints.
+
+    Examples:
+
+      llmp webhooks list
+
+      llmp webhooks list --json
+    """
     hooks = client().request("GET", "/v1/webhooks")["data"]
     print_rows(hooks, json_out, ("id", "url", "events", "scope", "created"),
                lambda w: (w["id"], w["url"], ", ".join(w["events"]),
@@ -66,7 +73,12 @@ def list_(json_out: JsonOpt = False,
 @app.command()
 def rm(webhook_id: Annotated[str, typer.Argument(help="The endpoint's id (wh_...).")],
     url: UrlOpt = None, api_key: ApiKeyOpt = None) -> None:
-    """Delete an endpoint (and its delivery log)."""
+    """Delete an endpoint (and its delivery log).
+
+    Example:
+
+      llmp webhooks rm wh_abc123
+    """
     client().request("DELETE", f"/v1/webhooks/{webhook_id}")
     console.print(f"Deleted {webhook_id}.")
 
@@ -85,8 +97,9 @@ def deliveries(
 
       llmp webhooks deliveries wh_abc123 --limit 5
     """
-    rows = client().request("GET", f"/v1/webhooks/{webhook_id}/deliveries",
-                            params={"limit": limit})["data"]
+    with flags(limit="--limit"):
+        rows = client().request("GET", f"/v1/webhooks/{webhook_id}/deliveries",
+                                params={"limit": limit})["data"]
     print_rows(rows, json_out, ("event id", "event", "status", "attempts", "last", "created"),
                lambda d: (d["event_id"], d["event"], d["status"], str(d["attempts"]),
                           str(d["last_status_code"] or d["last_error"] or "-"),
