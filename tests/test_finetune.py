@@ -258,6 +258,50 @@ def test_cancel_mid_run_and_another_key_sees_nothing(ft):
         rx.close()
 
 
+def test_key_limits_apply_at_create(ft):
+    """Creating a job spends compute: the key's request rate and monthly quotas apply (the
+    job is a request of the month; its estimated trained tokens, file tokens x n_epochs,
+    must fit in what the key has left; an unfinished job holds its share)."""
+    perms = ["fine_tuning.read", "fine_tuning.write", "files.write"]
+    admin = ft.openai()
+    one = ft.openai(ft.make_key(perms, limits={"requests_per_month": 1}, name="ft-month-1"))
+    fid = upload(one, training_lines("zxcvbnmq"))
+    job = one.fine_tuning.jobs.create(model="tl", training_file=fid,
+                                      hyperparameters={"n_epochs": 1})
+    try:
+        with pytest.raises(openai.RateLimitError) as e:
+            one.fine_tuning.jobs.create(model="tl", training_file=fid)
+        err = e.value.body
+        assert err["type"] == "quota_exceeded_error" and err["code"] == "quota_exceeded"
+        assert "unfinished fine-tuning job" in err["message"]
+        assert int(e.value.response.headers["Retry-After"]) > 0
+    finally:
+        assert admin.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    # a cancelled job trained nothing and is not a request of the month any more
+    job = one.fine_tuning.jobs.create(model="tl", training_file=fid,
+                                      hyperparameters={"n_epochs": 1})
+    assert admin.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    # too few tokens (or too little budget) left for the job's estimated trained tokens
+    for limits in ({"tokens_per_month": 100}, {"monthly_budget": 0.001}):
+        tiny = ft.openai(ft.make_key(perms, limits=limits, name="ft-tiny"))
+        fid = upload(tiny, training_lines("zxcvbnmq"))
+        with pytest.raises(openai.RateLimitError) as e:
+            tiny.fine_tuning.jobs.create(model="tl", training_file=fid,
+                                         hyperparameters={"n_epochs": 3})
+        err = e.value.body
+        assert err["code"] == "quota_exceeded", err
+        assert "x 3 epochs" in err["message"] and "fewer epochs" in err["message"]
+        assert tiny.fine_tuning.jobs.list().data == []  # nothing queued
+    # the request rate: a key with 1 request per minute spent it on the upload
+    rpm = ft.make_key(perms, {"requests_per_minute": 1}, name="ft-rpm-1")
+    fid = upload(ft.openai(rpm), training_lines("zxcvbnmq"))
+    status, headers, body = ft.request("POST", "/v1/fine_tuning/jobs", key=rpm,
+                                       json={"model": "tl", "training_file": fid})
+    assert status == 429 and body["error"]["type"] == "rate_limit_error", body
+    assert headers["X-RateLimit-Limit-Requests"] == "1" and int(headers["Retry-After"]) > 0
+    assert admin.fine_tuning.jobs.list(limit=100).data[0].id == job.id  # no other job
+
+
 def test_pause_resume_from_the_checkpoint_then_a_worker_crash_fails_the_job(ft):
     import signal
 

@@ -124,6 +124,12 @@ def last_checkpoint(db: Database, job_id: str) -> dict | None:
     return rows[0] if rows else None
 
 
+def unfinished(db: Database, owner: str) -> list[dict]:
+    """The key's jobs that have not ended (any status but FINAL)."""
+    return list(db.query(f"select * from fine_tuning_jobs where owner_key_id = ? and status "
+                         f"not in ({','.join('?' * len(FINAL))})", [owner, *FINAL]))
+
+
 def with_status(db: Database, statuses: Iterable[str]) -> list[dict]:
     st = list(statuses)
     return list(db.query(f"select * from fine_tuning_jobs where status in "

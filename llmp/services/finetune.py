@@ -26,8 +26,12 @@ checkpoint (the runner's crash guard ends it after two such crashes). A worker t
 `result_files`: one `fine-tune-results` file, a CSV of step, train_loss, valid_loss,
 train_accuracy, valid_accuracy. `trained_tokens` is recorded as one usage row (prompt tokens
 of the endpoint /v1/fine_tuning/jobs, the base model), billed at the base's training price
-per 1K tokens (`llmp models set-price --training`). Webhooks: fine_tuning.job.succeeded
-(+ the spec's fine_tuning.job.completed), fine_tuning.job.failed, fine_tuning.job.cancelled.
+per 1K tokens (`llmp models set-price --training`). Creating a job goes through the key's
+limits: its request rate, and its monthly quotas (the job is one request; its estimated trained
+tokens, the training file's tokens x n_epochs, and their cost must fit in what the key has left,
+with the estimates of its unfinished jobs, else 429 quota_exceeded). Webhooks:
+fine_tuning.job.succeeded (+ the spec's fine_tuning.job.completed), fine_tuning.job.failed,
+fine_tuning.job.cancelled.
 """
 from __future__ import annotations
 
@@ -63,6 +67,7 @@ from llmp.protocol.base import parse, parse_json
 from llmp.protocol.finetune import TARGET_MODULES, CreateFineTuningJobRequest, TrainingLine
 from llmp.services import usage as usage_service
 from llmp.services.files import FileStore
+from llmp.services.limits import Limiter
 from llmp.services.lists import check_limit, list_object, owner_scope
 
 log = logging.getLogger(__name__)
@@ -140,30 +145,41 @@ def validate_training_file(lines: Any, *, param: str = "training_file",
 TEMPLATE_TOKENS_PER_MESSAGE = 8
 
 
-def check_lengths(base: dict, path: Path, context: int, param: str) -> None:
-    """Report the examples longer than the model's context, estimated with the base's own
-    tokenizer (tokenizer.json of a local Hugging Face source: its messages' tokens plus
-    TEMPLATE_TOKENS_PER_MESSAGE each). Skipped when that tokenizer is not on this machine;
-    the worker checks the exact rendered length anyway."""
+def _example_sizes(base: dict, path: Path) -> list[int] | None:
+    """Each example's length in tokens, estimated with the base's own tokenizer
+    (tokenizer.json of a local Hugging Face source: its messages' tokens plus
+    TEMPLATE_TOKENS_PER_MESSAGE each); None when that tokenizer is not on this machine."""
     src = Path(str(base.get("hf_source") or "")).expanduser()
     tj = src / "tokenizer.json"
     if not tj.is_file():
-        return
+        return None
     try:
         from tokenizers import Tokenizer
 
         tok = Tokenizer.from_file(str(tj))
     except Exception:  # noqa: BLE001 - an estimate only
-        return
-    errors = []
-    for n, raw in enumerate(_lines(path), 1):
+        return None
+    sizes = []
+    for raw in _lines(path):
         if not raw.strip():
+            sizes.append(0)
             continue
         msgs = json.loads(raw)["messages"]
         texts = [m.get("content") if isinstance(m.get("content"), str)
                  else json.dumps(m.get("content") or m.get("tool_calls") or "") for m in msgs]
-        size = sum(len(t) for t in tok.encode_batch(texts, add_special_tokens=False)) \
-            + TEMPLATE_TOKENS_PER_MESSAGE * len(msgs)
+        sizes.append(sum(len(t) for t in tok.encode_batch(texts, add_special_tokens=False))
+                     + TEMPLATE_TOKENS_PER_MESSAGE * len(msgs))
+    return sizes
+
+
+def check_lengths(base: dict, path: Path, context: int, param: str,
+                  sizes: list[int] | None = None) -> None:
+    """Report the examples longer than the model's context (`_example_sizes`). Skipped when
+    the base's tokenizer is not on this machine; the worker checks the exact rendered length
+    anyway."""
+    sizes = _example_sizes(base, path) if sizes is None else sizes
+    errors = []
+    for n, size in enumerate(sizes or [], 1):
         if size > context:
             errors.append(f"line {n}: about {size} tokens, more than the model's context of "
                           f"{context}")
@@ -172,6 +188,19 @@ def check_lengths(base: dict, path: Path, context: int, param: str) -> None:
     if errors:
         raise InvalidRequestError(f"Invalid {param.replace('_', ' ')}: " + "; ".join(errors),
                                   param=param, code=f"invalid_{param}")
+
+
+#: bytes per token in the trained-tokens estimate when the base's tokenizer is not here
+BYTES_PER_TOKEN = 4
+
+
+def estimate_epoch_tokens(base: dict, path: Path, sizes: list[int] | None = None) -> int:
+    """The training file's tokens (one epoch): `_example_sizes` summed, else its size in bytes
+    / BYTES_PER_TOKEN."""
+    sizes = _example_sizes(base, path) if sizes is None else sizes
+    if sizes is not None:
+        return sum(sizes)
+    return math.ceil(path.stat().st_size / BYTES_PER_TOKEN)
 
 
 def resolve_hyperparameters(req: CreateFineTuningJobRequest, n_examples: int) -> dict:
@@ -230,11 +259,13 @@ class FineTuning:
     """The API over one home."""
 
     def __init__(self, db: Database, settings: Settings, store: FileStore,
-                 runner: JobRunner | None = None):
+                 runner: JobRunner | None = None, *, limiter: Limiter | None = None):
+        """`limiter`: the server's; the key's monthly quotas apply at create."""
         self.db = db
         self.settings = settings
         self.store = store
         self.runner = runner
+        self.limiter = limiter
 
     def _file(self, file_id: str, key: dict, param: str) -> Path:
         try:
@@ -282,8 +313,9 @@ class FineTuning:
             await asyncio.to_thread(lambda: validate_training_file(
                 _lines(valid), param="validation_file", min_examples=1))
         ctx = int(base.get("context_length") or 0)
+        sizes = await asyncio.to_thread(_example_sizes, base, train)
         if ctx:
-            await asyncio.to_thread(check_lengths, base, train, ctx, "training_file")
+            await asyncio.to_thread(check_lengths, base, train, ctx, "training_file", sizes)
             if valid is not None:
                 await asyncio.to_thread(check_lengths, base, valid, ctx, "validation_file")
         hp = resolve_hyperparameters(req, n)
@@ -292,6 +324,38 @@ class FineTuning:
                 "target_modules": list(lo.target_modules or TARGET_MODULES)}
         seed = req.seed if req.seed is not None else int.from_bytes(os.urandom(3), "big")
         job_id = new_job_id()
+        # the key's monthly quotas, as on every path that spends compute: a job is one request
+        # of the month and may train up to its estimated tokens (the file's tokens x
+        # n_epochs), charged when it records its trained tokens; until then the key's
+        # unfinished jobs hold theirs (read here and reserved with no await in between, so
+        # two creates cannot both take the same room)
+        epoch = await asyncio.to_thread(estimate_epoch_tokens, base, train, sizes)
+        tokens = epoch * hp["n_epochs"]
+        priced = db_models.get(self.db, base["id"]) or base
+        cost = tokens * float(priced.get("price_training") or 0.0) / 1000.0
+        hp = {**hp, "estimated_tokens": tokens, "estimated_cost": cost}
+        admission = None
+        if self.limiter is not None:
+            held = [json.loads(r["resolved"] or "{}")
+                    for r in ft_db.unfinished(self.db, key["id"])]
+            held_tokens = sum(int(h.get("estimated_tokens") or 0) for h in held)
+            held_cost = sum(float(h.get("estimated_cost") or 0.0) for h in held)
+            others = f" (+ {held_tokens} of this key's {len(held)} unfinished job(s))" \
+                if held else ""
+            admission = self.limiter.admit(
+                key, tokens + held_tokens, cost=cost + held_cost, per_minute=False,
+                requests=1 + len(held),
+                reserving=f"this fine-tuning job may train about {tokens} tokens ({epoch} per epoch "
+                f"x {hp['n_epochs']} epochs){others}",
+                fit="use a smaller training file or fewer epochs to fit")
+        try:
+            return await self._insert(key, req, base, job_id, n, hp, lora, seed)
+        finally:
+            if admission is not None:  # the job's row holds its share from now on
+                self.limiter.settle_admission(admission, 0)  # type: ignore[union-attr]
+
+    async def _insert(self, key: dict, req: CreateFineTuningJobRequest, base: dict, job_id: str,
+                      n: int, hp: dict, lora: dict, seed: int) -> dict:
         now = int(time.time())
         record = {
             "id": job_id, "owner_key_id": key["id"], "model": base["id"],

@@ -115,6 +115,7 @@ class Admission:
     month: str | None = None  # the month of the quota reservation (None: the key has none)
     month_tokens: int = 0
     month_cost: float = 0.0
+    month_requests: int = 1
     settled: bool = False
 
 
@@ -187,13 +188,21 @@ class Limiter:
 
     # -- admission (rate limits and quotas together) ----------------------------------
     def admit(self, key: dict, tokens: int, *, cost: float = 0.0,
-              min_tokens: int | None = None) -> Admission:
+              min_tokens: int | None = None, per_minute: bool = True, requests: int = 1,
+              reserving: str = "this request may use up to {tokens} tokens (prompt + "
+              "max_tokens)",
+              fit: str = "lower max_tokens to fit") -> Admission:
         """Reserve what one request may use, atomically: a month's request, `tokens` and
         `cost` against the key's quotas (QuotaExceededError when they do not fit), and
         `tokens` in its tokens-per-minute bucket (RateLimitError: with Retry-After when the
         bucket will have room, without when the request is larger than the bucket).
         `min_tokens`: when the request did not set max_tokens, its prompt; the bucket then
-        reserves at most its size instead of refusing."""
+        reserves at most its size instead of refusing. `per_minute=False`: the quotas only,
+        not the tokens-per-minute bucket (a fine-tuning job's trained tokens are spent by its
+        worker over minutes or hours, not by the request that creates it). `requests`: how
+        many of the month's requests to reserve (a fine-tuning job also reserves the key's
+        unfinished jobs). `reserving`, `fit`: the wording of a token or budget refusal (what is
+        reserved, with {tokens} or {cost}; how to make it fit)."""
         has_quota = any(v is not None for v in self.quota_of(key).values())
         tokens = max(0, int(tokens))
         refused: tuple[str, str, _Month] | None = None
@@ -203,16 +212,18 @@ class Limiter:
             if has_quota:
                 self._keys[key["id"]] = key
                 m = self._month(key["id"])[0]
-                refusal = self._quota_refusal(key, m, tokens, cost)
+                refusal = self._quota_refusal(key, m, tokens, cost, requests, reserving,
+                                              fit)
                 if refusal is not None:
                     refused = (*refusal, m)
             if refused is None:  # reserved under the same lock as the check: atomic
-                n = self._bucket_tokens(key, tokens, min_tokens, now)
+                n = self._bucket_tokens(key, tokens, min_tokens, now) if per_minute else 0
                 if m is not None:
-                    m.r_requests += 1
+                    m.r_requests += requests
                     m.r_tokens += tokens
                     m.r_cost += cost
-                return Admission(key, n, m.start if m is not None else None, tokens, cost)
+                return Admission(key, n, m.start if m is not None else None, tokens, cost,
+                                 requests)
         what, message, month = refused
         self._limit_reached(key, what, month)
         raise self._quota_error(message)
@@ -247,7 +258,7 @@ class Limiter:
             if adm.month is not None:
                 m = self._months.get(adm.key["id"])
                 if m is not None and m.start == adm.month:
-                    m.r_requests = max(0, m.r_requests - 1)
+                    m.r_requests = max(0, m.r_requests - adm.month_requests)
                     m.r_tokens = max(0, m.r_tokens - adm.month_tokens)
                     m.r_cost = max(0.0, m.r_cost - adm.month_cost)
 
@@ -302,33 +313,35 @@ class Limiter:
             f"{message}; it resets on {start.date().isoformat()}.",
             headers={"Retry-After": str(max(1, int(start.timestamp() - self.clock())))})
 
-    def _quota_refusal(self, key: dict, m: _Month, tokens: int,
-                       cost: float) -> tuple[str, str] | None:
-        """(the limit, the message) when a request reserving `tokens` and `cost` does not
-        fit in what the key has left this month; None when it does."""
+    def _quota_refusal(self, key: dict, m: _Month, tokens: int, cost: float, requests: int = 1,
+                       reserving: str = "this request may use up to {tokens} tokens "
+                       "(prompt + max_tokens)",
+                       fit: str = "lower max_tokens to fit") -> tuple[str, str] | None:
+        """(the limit, the message) when a request reserving `requests`, `tokens` and `cost`
+        does not fit in what the key has left this month; None when it does."""
         what = self._exceeded(key, m)
         if what:
             return what, f"Quota exceeded: this key has used its {what}"
         q = self.quota_of(key)
         limit = q["requests_per_month"]
-        if limit is not None and m.requests + m.r_requests + 1 > limit:
+        if limit is not None and m.requests + m.r_requests + requests > limit:
+            pending = f" and {requests - 1} unfinished fine-tuning job(s)" if requests > 1 else ""
             return (f"monthly request quota of {limit}",
                     f"Quota exceeded: this key's monthly request quota of {limit} is taken by "
-                    f"{m.requests} requests made and {m.r_requests} in progress")
+                    f"{m.requests} requests made and {m.r_requests} in progress{pending}")
         limit = q["tokens_per_month"]
         if limit is not None and m.tokens + m.r_tokens + tokens > limit:
             left = max(0, limit - m.tokens - m.r_tokens)
             return (f"monthly token quota of {limit}",
-                    f"Quota exceeded: this request may use up to {tokens} tokens (prompt + "
-                    f"max_tokens) and this key has {left} of its monthly token quota of "
-                    f"{limit} left (lower max_tokens to fit)")
+                    f"Quota exceeded: {reserving.format(tokens=tokens)} and this "
+                    f"key has {left} of its monthly token quota of {limit} left ({fit})")
         limit = q["monthly_budget"]
         if limit is not None and m.cost + m.r_cost + cost > limit:
             left = max(0.0, limit - m.cost - m.r_cost)
             return (f"monthly budget of {limit}",
-                    f"Quota exceeded: this request may cost up to {cost:.6g} and this key has "
-                    f"{left:.6g} of its monthly budget of {limit} left (lower max_tokens to "
-                    "fit)")
+                    f"Quota exceeded: {reserving.format(tokens=tokens)}, costing "
+                    f"up to {cost:.6g}, and this key has {left:.6g} of its monthly budget of "
+                    f"{limit} left ({fit})")
         return None
 
     def _limit_reached(self, key: dict, what: str, m: _Month) -> None:

@@ -10,7 +10,14 @@ from aiohttp import web
 from llmp.server.auth import requires
 from llmp.server.middleware import int_param, read_json
 from llmp.server.routes.files import store
-from llmp.server.state import API_KEY, DB, FINE_TUNING_HANDLER, FINE_TUNING_RUNNER, SETTINGS
+from llmp.server.state import (
+    API_KEY,
+    DB,
+    FINE_TUNING_HANDLER,
+    FINE_TUNING_RUNNER,
+    LIMITER,
+    SETTINGS,
+)
 from llmp.services.finetune import FineTuning
 
 RUNNER, HANDLER = FINE_TUNING_RUNNER, FINE_TUNING_HANDLER  # started in llmp.server.workers
@@ -20,7 +27,7 @@ _META = re.compile(r"^metadata\[(.{1,64})\]$")
 
 def service(request: web.Request) -> FineTuning:
     app = request.app
-    return FineTuning(app[DB], app[SETTINGS], store(app), app[RUNNER])
+    return FineTuning(app[DB], app[SETTINGS], store(app), app[RUNNER], limiter=app[LIMITER])
 
 
 def _job_id(request: web.Request) -> str:
