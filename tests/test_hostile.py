@@ -107,10 +107,11 @@ RAW = [
     ("/v1/auth/api-keys", b'{"name": "k", "limits": {"monthly_budget": 1e999}}', None),
     ("/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}],'
                              b' "temperature": NaN}', "invalid_json"),
+    ("/v1/admin/models/tiny/price", b'{"input_price": 1e999}', "invalid_parameter"),
 ]
 
 
-@pytest.mark.parametrize("path, data, code", RAW, ids=["surrogate", "nested", "inf", "nan"])
+@pytest.mark.parametrize("path, data, code", RAW, ids=["surrogate", "nested", "inf", "nan", "inf-price"])
 def test_hostile_raw_body(server, path, data, code):
     resp = server.request("POST", path, data=data, headers={"Content-Type": "application/json"})
     assert_error(resp, 400, "invalid_request_error", code)

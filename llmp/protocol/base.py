@@ -24,9 +24,11 @@ MAX_JSON_DEPTH = 200
 
 class RequestModel(BaseModel):
     """A request body: unknown fields are ignored, as OpenAI's clients send fields (and
-    `extra_body`) a server may not know."""
+    `extra_body`) a server may not know. Numbers are finite: pydantic-core's parser reads
+    `1e999` as inf even with allow_inf_nan=False, so every float field refuses it here."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=False)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=False,
+                              allow_inf_nan=False)
 
 
 class OpenModel(BaseModel):
