@@ -91,7 +91,10 @@ class View(Vertical):
             except NoMatches:
                 if not self.is_attached:
                     return  # the app closed while a poll was answered
-                raise
+                # the view's widgets are not mounted yet (a tab's content can mount after
+                # the tab is activated): show the next poll instead
+                await asyncio.sleep(0.05)
+                continue
             if not self.POLL:
                 return
             await asyncio.sleep(self.llmp.poll_interval)
